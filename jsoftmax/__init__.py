@@ -1,0 +1,30 @@
+"""jsoftmax: softmax (multinomial logistic) regression in JAX with a verified analytic gradient."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._risk import Params as Params
+from ._risk import predict as predict
+from ._risk import predict_proba as predict_proba
+from ._risk import risk as risk
+from ._risk import risk_grad as risk_grad
+from ._risk import value_and_grad as value_and_grad
+from ._verify import CheckRow as CheckRow
+from ._verify import GradientReport as GradientReport
+from ._verify import check_gradient as check_gradient
+
+try:
+    __version__ = version("jsoftmax")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CheckRow",
+    "GradientReport",
+    "Params",
+    "check_gradient",
+    "predict",
+    "predict_proba",
+    "risk",
+    "risk_grad",
+    "value_and_grad",
+]

@@ -1,0 +1,274 @@
+"""Input validation, done in Python before anything is traced.
+
+Two layers:
+
+* **Shapes and dtypes** (:func:`prepare_problem`) are static, so they are always
+  checked, eagerly, and raise ``ValueError`` / ``TypeError`` naming the argument,
+  what was expected and what arrived.
+* **Values** (labels in range, probability rows, finite X, non-negative weights,
+  at least one counted row) need data. :func:`check_values` computes a small
+  jitted summary. When the data is concrete the summary is read back and a
+  ``ValueError`` is raised at once. When the data is traced (the call sits inside
+  the user's own ``jit``/``vmap``/``scan``) the same summary feeds a
+  ``jax.debug.callback`` that raises when the program runs, so a bad label is a
+  runtime error (``jax.errors.JaxRuntimeError`` carrying the same message), never a
+  silently wrong gradient. Pass ``check_values=False`` to skip the value checks
+  on inputs you have already validated (``fit`` does this once, up front).
+"""
+
+from __future__ import annotations
+
+import numbers
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._compat import is_tracer
+
+_FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
+
+
+class Problem(NamedTuple):
+    """Validated, array-converted inputs of one risk evaluation."""
+
+    W: jax.Array
+    b: jax.Array | None
+    X: jax.Array
+    labels: jax.Array
+    sample_weight: jax.Array | None
+    soft: bool  # labels are (N, K) probability rows rather than (N,) class ids
+
+
+def accumulation_dtype(dtype: Any) -> jnp.dtype:
+    """float32 for 16-bit inputs (bf16/f16 accumulate in f32), otherwise the dtype itself."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
+def _as_array(x: Any, name: str) -> jax.Array:
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be an array; got {type(x).__name__}: {err}") from None
+
+
+def _require_float(x: jax.Array, name: str) -> None:
+    if x.dtype not in [jnp.dtype(d) for d in _FLOAT_DTYPES]:
+        raise TypeError(
+            f"`{name}` must have a floating dtype (bfloat16, float16, float32 or float64); "
+            f"got {x.dtype}."
+        )
+
+
+def split_params(params: Any) -> tuple[jax.Array, jax.Array | None]:
+    """Return ``(W, b)`` from a ``Params`` or a bare ``W`` array."""
+    from ._risk import Params  # local import: _risk imports this module
+
+    if isinstance(params, Params):
+        W, b = params.W, params.b
+    elif isinstance(params, (tuple, list, dict)):
+        raise TypeError(
+            "`params` must be a jsoftmax.Params(W, b) or a bare W array of shape "
+            f"(n_features, n_classes); got a {type(params).__name__}."
+        )
+    else:
+        W, b = params, None
+    W = _as_array(W, "params.W")
+    if W.ndim != 2:
+        raise ValueError(
+            f"`params.W` must be 2-D with shape (n_features, n_classes); got shape {W.shape}."
+        )
+    _require_float(W, "params.W")
+    if W.shape[1] < 2:
+        raise ValueError(
+            f"`params.W` must have at least 2 classes (columns); got shape {W.shape}."
+        )
+    if b is not None:
+        b = _as_array(b, "params.b")
+        if b.shape != (W.shape[1],):
+            raise ValueError(
+                f"`params.b` must have shape (n_classes,) = ({W.shape[1]},) to match W; "
+                f"got {b.shape}."
+            )
+        if b.dtype != W.dtype:
+            raise TypeError(f"`params.b` dtype must match W ({W.dtype}); got {b.dtype}.")
+    return W, b
+
+
+def prepare_features(params: Any, X: Any) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Validate ``params`` and ``X`` (shape, dtype, agreement); return ``W, b, X``."""
+    W, b = split_params(params)
+    X = _as_array(X, "X")
+    if X.ndim != 2:
+        raise ValueError(f"`X` must be 2-D with shape (n_samples, n_features); got shape {X.shape}.")
+    _require_float(X, "X")
+    if X.shape[0] == 0:
+        raise ValueError("`X` has no rows (n_samples = 0); at least one sample is needed.")
+    if W.shape[0] != X.shape[1]:
+        raise ValueError(
+            f"`params.W` must have shape (n_features, n_classes) = ({X.shape[1]}, K) to match X; "
+            f"got {W.shape}."
+        )
+    if W.dtype != X.dtype:
+        raise TypeError(
+            f"`params.W` dtype must match `X` dtype {X.dtype}; got {W.dtype}. Cast one of them."
+        )
+    return W, b, X
+
+
+def prepare_problem(
+    params: Any,
+    X: Any,
+    labels: Any,
+    sample_weight: Any,
+    l2: Any,
+    label_smoothing: Any,
+    ignore_index: Any,
+) -> Problem:
+    """Validate everything static about a risk evaluation; see the module docstring."""
+    W, b, X = prepare_features(params, X)
+    n, k = X.shape[0], W.shape[1]
+
+    labels = _as_array(labels, "labels")
+    if jnp.issubdtype(labels.dtype, jnp.bool_):
+        raise TypeError("`labels` must be integer class ids or float probability rows; got bool.")
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        soft = False
+        if labels.ndim != 1:
+            raise ValueError(
+                f"integer `labels` must have shape (n_samples,) = ({n},); got shape {labels.shape}."
+            )
+        if labels.shape[0] != n:
+            raise ValueError(
+                f"`labels` must have shape (n_samples,) = ({n},) to match X; got {labels.shape}."
+            )
+    elif jnp.issubdtype(labels.dtype, jnp.floating):
+        soft = True
+        if labels.ndim == 1:
+            raise TypeError(
+                f"`labels` is a 1-D float array ({labels.dtype}); class ids must be integers. "
+                "Cast them with .astype(int), or pass (n_samples, n_classes) probability rows."
+            )
+        if labels.shape != (n, k):
+            raise ValueError(
+                f"probability `labels` must have shape (n_samples, n_classes) = ({n}, {k}); "
+                f"got {labels.shape}."
+            )
+    else:
+        raise TypeError(f"`labels` must be integer or floating; got {labels.dtype}.")
+
+    if sample_weight is not None:
+        sample_weight = _as_array(sample_weight, "sample_weight")
+        if sample_weight.shape != (n,):
+            raise ValueError(
+                f"`sample_weight` must have shape (n_samples,) = ({n},); got {sample_weight.shape}."
+            )
+        if not (
+            jnp.issubdtype(sample_weight.dtype, jnp.floating)
+            or jnp.issubdtype(sample_weight.dtype, jnp.integer)
+        ):
+            raise TypeError(f"`sample_weight` must be numeric; got {sample_weight.dtype}.")
+
+    _check_scalar(l2, "l2", low=0.0, high=None)
+    _check_scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+        raise TypeError(f"`ignore_index` must be a Python int; got {ignore_index!r}.")
+    return Problem(W, b, X, labels, sample_weight, soft)
+
+
+def _check_scalar(value: Any, name: str, low: float, high: float | None) -> None:
+    if is_tracer(value):
+        return  # a traced hyper-parameter (e.g. under vmap); its range cannot be read
+    arr = np.asarray(value)
+    if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"`{name}` must be a real scalar; got {value!r}.")
+    v = float(arr)
+    interval = f"[{low}, {'inf' if high is None else high})"
+    if not np.isfinite(v) or v < low or (high is not None and v >= high):
+        raise ValueError(f"`{name}` must lie in {interval}; got {v}.")
+
+
+def is_active(value: Any) -> bool:
+    """Static flag: does this scalar option change the program (traced counts as active)?"""
+    return is_tracer(value) or float(value) != 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Value checks
+# --------------------------------------------------------------------------------------
+
+_SOFT_ROW_SUM_TOL = {2: 2e-2, 4: 1e-4, 8: 1e-6}  # by itemsize: 16-bit, float32, float64
+
+
+@partial(jax.jit, static_argnames=("n_classes", "soft", "ignore_index"))
+def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
+    """A few scalars that say whether the data is valid (one fused pass, no N-sized output)."""
+    n = X.shape[0]
+    summary = {"x_finite": jnp.all(jnp.isfinite(X))}
+    if soft:
+        y = labels.astype(jnp.float32 if labels.dtype.itemsize < 4 else labels.dtype)
+        row_sum = jnp.sum(y, axis=1)
+        row_err = jnp.where(jnp.isfinite(row_sum), jnp.abs(row_sum - 1), jnp.inf)
+        bad_row = (row_err > _SOFT_ROW_SUM_TOL[labels.dtype.itemsize]) | jnp.any(y < 0, axis=1)
+        counted = jnp.ones((n,), bool)
+    else:
+        counted = labels != ignore_index
+        bad_row = counted & ((labels < 0) | (labels >= n_classes))
+    summary["n_bad_rows"] = jnp.sum(bad_row)
+    summary["first_bad_row"] = jnp.argmax(bad_row)
+    summary["first_bad_value"] = (
+        jnp.sum(labels[jnp.argmax(bad_row)]) if soft else labels[jnp.argmax(bad_row)]
+    )
+    if sample_weight is None:
+        summary["weights_ok"] = jnp.array(True)
+        summary["total_weight"] = jnp.sum(counted).astype(jnp.float32)
+    else:
+        w = sample_weight
+        summary["weights_ok"] = jnp.all(jnp.isfinite(w) & (w >= 0))
+        summary["total_weight"] = jnp.sum(jnp.where(counted, w, 0)).astype(jnp.float32)
+    return summary
+
+
+def _raise_if_invalid(summary: dict, *, soft: bool, n_classes: int, ignore_index: int) -> None:
+    s = {key: np.asarray(value) for key, value in summary.items()}
+    if not s["x_finite"].all():
+        raise ValueError("`X` contains NaN or inf; clean or impute the features first.")
+    if (s["n_bad_rows"] > 0).any():
+        n_bad = int(s["n_bad_rows"].max())
+        row = int(s["first_bad_row"].ravel()[0])
+        if soft:
+            raise ValueError(
+                f"probability `labels` must be rows of non-negative entries summing to 1; "
+                f"{n_bad} row(s) are not (first: row {row}, which sums to "
+                f"{float(s['first_bad_value'].ravel()[0]):.6g})."
+            )
+        raise ValueError(
+            f"`labels` must be class ids in [0, {n_classes}) or ignore_index={ignore_index}; "
+            f"{n_bad} are not (first: row {row} has label {int(s['first_bad_value'].ravel()[0])})."
+        )
+    if not s["weights_ok"].all():
+        raise ValueError("`sample_weight` must be finite and non-negative.")
+    if (s["total_weight"] <= 0).any():
+        raise ValueError(
+            "no sample counts towards the risk: every label equals ignore_index="
+            f"{ignore_index} or every counted row has weight 0."
+        )
+
+
+def check_values(problem: Problem, ignore_index: int) -> None:
+    """Raise ``ValueError`` now (concrete data) or at run time (traced data); see module doc."""
+    X, labels, sample_weight = problem.X, problem.labels, problem.sample_weight
+    kwargs = dict(soft=problem.soft, n_classes=problem.W.shape[1], ignore_index=ignore_index)
+    if any(is_tracer(a) for a in (X, labels, sample_weight)):
+        summary = _value_summary(X, labels, sample_weight, **kwargs)
+        jax.debug.callback(partial(_raise_if_invalid, **kwargs), summary)
+    else:
+        # Concrete data, possibly closed over inside the caller's jit: evaluate now, raise now.
+        with jax.ensure_compile_time_eval():
+            summary = _value_summary(X, labels, sample_weight, **kwargs)
+        _raise_if_invalid(jax.device_get(summary), **kwargs)

@@ -1,0 +1,379 @@
+"""Step-by-step verification of the derivation (DERIVATION.md) against autodiff.
+
+Every comparison is made against a float64 reference computed in a scoped x64 context, so a
+float32 or bfloat16 result is measured against the exact answer, not against itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _risk, _validate
+from ._compat import enable_x64
+from ._reference import reference_risk, reference_row_loss, reference_targets
+
+# Normwise relative tolerances per input dtype (the issue's accuracy targets).
+TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
+# Central differences carry an absolute truncation error ~h^2, so they get an absolute floor:
+# pass when max|analytic - fd| <= atol + rtol * max|fd|.
+FD_TOLERANCES = {
+    "float64": (1e-8, 1e-6),
+    "float32": (1e-5, 1e-4),
+    "bfloat16": (2e-2, 2e-2),
+    "float16": (2e-2, 2e-2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckRow:
+    """One comparison: an analytic quantity against its autodiff or numerical reference."""
+
+    step: str
+    quantity: str
+    reference: str
+    max_abs_error: float
+    rel_error: float  # ||analytic - reference|| / ||reference|| (Frobenius)
+    tolerance: str
+    passed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientReport:
+    """Result of :func:`check_gradient`: one :class:`CheckRow` per step of the derivation."""
+
+    problem: dict[str, Any]
+    rows: tuple[CheckRow, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "problem": dict(self.problem),
+            "passed": self.passed,
+            "rows": [dataclasses.asdict(row) for row in self.rows],
+        }
+
+    def __str__(self) -> str:
+        header = ", ".join(f"{k}={v}" for k, v in self.problem.items())
+        return header + "\n" + format_table([dataclasses.asdict(r) for r in self.rows])
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Fixed-width table of CheckRow dicts."""
+    columns = [
+        ("step", "step", "{}"),
+        ("quantity", "quantity", "{}"),
+        ("reference", "reference", "{}"),
+        ("dtype", "dtype", "{}"),
+        ("problems", "problems", "{}"),
+        ("max_abs_error", "max abs err", "{:.2e}"),
+        ("rel_error", "rel err", "{:.2e}"),
+        ("tolerance", "tolerance", "{}"),
+        ("passed", "ok", "{}"),
+    ]
+    columns = [c for c in columns if all(c[0] in row for row in rows)]
+    cells = [[title for _, title, _ in columns]]
+    for row in rows:
+        cells.append(
+            [
+                ("PASS" if row[key] else "FAIL") if key == "passed" else fmt.format(row[key])
+                for key, _, fmt in columns
+            ]
+        )
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def softmax_jacobian(z: jax.Array) -> jax.Array:
+    """Closed-form Jacobian of softmax at z (K,): diag(p) - p p^T (DERIVATION.md step 1)."""
+    p = jax.nn.softmax(z)
+    return jnp.diag(p) - jnp.outer(p, p)
+
+
+def _errors(analytic, reference) -> tuple[float, float]:
+    a = np.asarray(analytic, np.float64)
+    r = np.asarray(reference, np.float64)
+    diff = np.abs(a - r)
+    norm = np.linalg.norm(r)
+    rel = float(np.linalg.norm(a - r) / norm) if norm > 0 else float(np.linalg.norm(a - r))
+    return float(diff.max(initial=0.0)), rel
+
+
+def _row(step, quantity, reference, analytic, expected, dtype_name) -> CheckRow:
+    max_abs, rel = _errors(analytic, expected)
+    tol = TOLERANCES[dtype_name]
+    return CheckRow(step, quantity, reference, max_abs, rel, f"rel <= {tol:g}", bool(rel <= tol))
+
+
+def check_gradient(
+    params: _risk.Params | jax.Array,
+    X: jax.Array,
+    labels: jax.Array,
+    *,
+    sample_weight: jax.Array | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    n_jacobian_rows: int = 4,
+    n_fd_entries: int = 12,
+    seed: int = 0,
+) -> GradientReport:
+    """Check each step of the derivation numerically at ``params``.
+
+    Rows:
+      1. the closed-form softmax Jacobian diag(p) - p p^T vs ``jax.jacobian(jax.nn.softmax)``
+         (on the first ``n_jacobian_rows`` samples);
+      2. the score gradient p * sum(t) - t (the kernel's own expression) vs ``jax.grad`` of the
+         per-sample loss with respect to the scores;
+      3. the analytic dR/dW (and dR/db, dR/dX) vs ``jax.grad`` of the plain-jnp reference risk,
+         and the risk value itself;
+      4. dR/dW (and dR/db) vs central finite differences of the reference risk on
+         ``n_fd_entries`` entries drawn with ``seed``.
+
+    Analytic quantities are computed in the dtype of ``X``; references in float64.
+    Arguments as in :func:`jsoftmax.risk`.
+
+    Returns:
+      A :class:`GradientReport`; ``str(report)`` is a table, ``report.to_dict()`` a dict.
+    """
+    problem = _validate.prepare_problem(
+        params, X, labels, sample_weight, l2, label_smoothing, ignore_index
+    )
+    _validate.check_values(problem, ignore_index)
+    W, b, X, labels, sample_weight, soft = problem
+    dtype_name = jnp.dtype(X.dtype).name
+    n, d = X.shape
+    k = W.shape[1]
+    opts = _risk.Options(
+        soft=soft,
+        ignore_index=int(ignore_index),
+        smoothing=_validate.is_active(label_smoothing),
+        l2=_validate.is_active(l2),
+    )
+    rows_shown = min(n, n_jacobian_rows)
+    analytic = _analytic_side(W, b, X, labels, sample_weight, l2, label_smoothing, opts, rows_shown)
+
+    # Entries for the finite differences, drawn with `seed`, and their steps h = cbrt(eps)·|p|.
+    rng = np.random.default_rng(seed)
+    fd_points = {}
+    for name, base in (("W", W), ("b", b)):
+        if base is not None:
+            flat = rng.choice(base.size, size=min(n_fd_entries, base.size), replace=False)
+            idx = np.unravel_index(flat, base.shape)
+            steps = np.cbrt(np.finfo(np.float64).eps) * np.maximum(
+                1.0, np.abs(np.asarray(base, np.float64)[idx])
+            )
+            offsets = np.zeros((len(flat),) + base.shape)
+            offsets[(np.arange(len(flat)),) + idx] = steps
+            fd_points[name] = (idx, steps, offsets)
+
+    with enable_x64():
+
+        def cast(a):
+            return None if a is None else jnp.asarray(a, jnp.float64)
+
+        reference = _reference_side(
+            cast(W), cast(b), cast(X), cast(labels) if soft else labels, cast(sample_weight),
+            float(l2), float(label_smoothing), int(ignore_index), rows_shown,
+            {name: jnp.asarray(point[2]) for name, point in fd_points.items()},
+        )
+        reference = jax.device_get(reference)
+    analytic = jax.device_get(analytic)
+
+    rows: list[CheckRow] = [
+        _row("1", "d softmax/dz = diag(p) - pp^T", "jax.jacobian",
+             analytic["jacobian"], reference["jacobian"], dtype_name),
+    ]
+    dz, dz_ref = analytic["dz"], reference["dz"]
+    if not soft:  # ignored rows have no target; the kernel zeroes them through their weight 0
+        counted = np.asarray(labels != ignore_index)[:, None]
+        dz, dz_ref = np.where(counted, dz, 0), np.where(counted, dz_ref, 0)
+    rows.append(_row("2", "dl/dz = p*sum(t) - t", "jax.grad", dz, dz_ref, dtype_name))
+    rows.append(_row("3", "R (risk value)", "plain-jnp risk",
+                     analytic["value"], reference["value"], dtype_name))
+    rows.append(_row("3", "dR/dW = X^T(P - T)/N + l2 W", "jax.grad",
+                     analytic["W"], reference["W"], dtype_name))
+    if b is not None:
+        rows.append(_row("3", "dR/db = sum(P - T)/N", "jax.grad",
+                         analytic["b"], reference["b"], dtype_name))
+    rows.append(_row("3", "dR/dX = (P - T) W^T / N", "jax.grad",
+                     analytic["X"], reference["X"], dtype_name))
+    atol, rtol = FD_TOLERANCES[dtype_name]
+    for name, (idx, steps, _) in fd_points.items():
+        plus, minus = reference["fd"][name]
+        fd = (np.asarray(plus) - np.asarray(minus)) / (2 * steps)
+        max_abs, rel = _errors(np.asarray(analytic[name], np.float64)[idx], fd)
+        bound = atol + rtol * float(np.max(np.abs(fd)))
+        rows.append(
+            CheckRow("4", f"dR/d{name} ({len(steps)} entries)", "central differences", max_abs,
+                     rel, f"abs <= {atol:g} + {rtol:g}*max|fd|", bool(max_abs <= bound))
+        )
+
+    problem_info = {
+        "n": n,
+        "d": d,
+        "k": k,
+        "dtype": dtype_name,
+        "labels": "soft" if soft else "int",
+        "bias": b is not None,
+        "sample_weight": sample_weight is not None,
+        "ignored_rows": 0 if soft else int(np.sum(np.asarray(labels) == ignore_index)),
+        "l2": float(l2),
+        "label_smoothing": float(label_smoothing),
+    }
+    return GradientReport(problem_info, tuple(rows))
+
+
+@partial(jax.jit, static_argnames=("opts", "rows_shown"))
+def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, opts, rows_shown):
+    """Everything the library computes, in the problem's dtype, as one compiled program."""
+    full = _risk._evaluate(
+        W, b, X, labels, sample_weight, l2, smoothing, opts, grad_W=True, grad_X=False
+    )
+    z = _risk.scores(W, b, X)
+    ones = jnp.ones((X.shape[0],), z.dtype)
+    per_sample = _risk.block_terms(z, labels, ones, smoothing, opts, need_dz=True)
+    # dR/dX through jax.grad of the custom-VJP risk: checks the backward pass jax.grad uses.
+    grad_X = jax.grad(_risk._risk_value, argnums=2)(
+        W, b, X, labels, sample_weight, l2, smoothing, opts
+    )
+    return {
+        "jacobian": jax.vmap(softmax_jacobian)(z[:rows_shown]),
+        "dz": per_sample.dz,
+        "value": full.value,
+        "W": full.gW,
+        "b": full.gb,
+        "X": grad_X,
+    }
+
+
+@partial(jax.jit, static_argnames=("ignore_index", "rows_shown"))
+def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index, rows_shown, fd_offsets):
+    """The float64 references: autodiff of plain-jnp definitions and finite differences."""
+    z = X @ W if b is None else X @ W + b
+    t = reference_targets(labels, W.shape[1], label_smoothing=smoothing).astype(z.dtype)
+
+    def ref(W_, b_, X_):
+        return reference_risk(W_, b_, X_, labels, sample_weight=sample_weight, l2=l2,
+                              label_smoothing=smoothing, ignore_index=ignore_index)
+
+    grads = jax.grad(ref, argnums=(0, 1, 2))(W, b, X)
+    moves = {"W": lambda o: ref(W + o, b, X), "b": lambda o: ref(W, b + o, X)}
+    fd = {
+        name: (jax.vmap(moves[name])(offsets), jax.vmap(moves[name])(-offsets))
+        for name, offsets in fd_offsets.items()
+    }
+    return {
+        "jacobian": jax.vmap(jax.jacobian(jax.nn.softmax))(z[:rows_shown]),
+        "dz": jax.vmap(jax.grad(reference_row_loss))(z, t),
+        "value": ref(W, b, X),
+        "W": grads[0],
+        "b": grads[1],
+        "X": grads[2],
+        "fd": fd,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The default grid run by `jsoftmax verify`
+# --------------------------------------------------------------------------------------
+
+OPTION_SETS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "bias": {"bias": True},
+    "sample_weight": {"sample_weight": True},
+    "ignore_index": {"ignore": True},
+    "l2": {"l2": 0.1},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "all": {"bias": True, "sample_weight": True, "ignore": True, "l2": 0.05, "label_smoothing": 0.2},
+}
+DEFAULT_SIZES = ((1, 3, 2), (16, 5, 3), (64, 10, 7), (256, 32, 50))
+
+
+def random_problem(n, d, k, *, dtype, soft, option_set, seed):
+    """A random problem of the given size with the options of ``OPTION_SETS[option_set]``."""
+    spec = OPTION_SETS[option_set]
+    rng = np.random.default_rng(seed)
+    dtype = jnp.dtype(dtype)
+    X = jnp.asarray(rng.standard_normal((n, d)), dtype)
+    W = jnp.asarray(rng.standard_normal((d, k)) / math.sqrt(d), dtype)
+    b = jnp.asarray(rng.standard_normal(k), dtype) if spec.get("bias") else None
+    if soft:
+        logits = 2 * rng.standard_normal((n, k))
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        labels = jnp.asarray(probs / probs.sum(axis=1, keepdims=True), dtype)
+    else:
+        ids = rng.integers(0, k, size=n)
+        if spec.get("ignore") and n > 1:  # leave at least one row counted
+            ids[1::3] = -100
+        labels = jnp.asarray(ids, jnp.int32)
+    weights = jnp.asarray(rng.uniform(0.1, 2.0, n), dtype) if spec.get("sample_weight") else None
+    options = dict(
+        sample_weight=weights,
+        l2=spec.get("l2", 0.0),
+        label_smoothing=spec.get("label_smoothing", 0.0),
+    )
+    return _risk.Params(W, b), X, labels, options
+
+
+def verify_grid(
+    sizes=DEFAULT_SIZES,
+    dtypes=("float64", "float32"),
+    option_sets=tuple(OPTION_SETS),
+    label_kinds=("int", "soft"),
+    seed: int = 0,
+) -> list[GradientReport]:
+    """check_gradient over the product of option sets, label kinds and dtypes; sizes cycle."""
+    reports = []
+    combos = list(itertools.product(option_sets, label_kinds))
+    for dtype_name in dtypes:
+        for i, (option_set, kind) in enumerate(combos):
+            n, d, k = sizes[i % len(sizes)]
+            with enable_x64(dtype_name == "float64"):
+                params, X, labels, options = random_problem(
+                    n, d, k, dtype=jnp.dtype(dtype_name), soft=kind == "soft",
+                    option_set=option_set, seed=seed + i,
+                )
+                report = check_gradient(params, X, labels, seed=seed + i, **options)
+            report.problem["option_set"] = option_set
+            reports.append(report)
+    return reports
+
+
+def summarise(reports: list[GradientReport]) -> list[dict[str, Any]]:
+    """Worst error per (step, quantity, dtype) over a list of reports."""
+    groups: dict[tuple[str, str, str], list[CheckRow]] = {}
+    for report in reports:
+        for row in report.rows:
+            quantity = row.quantity.split(" (")[0] if row.step == "4" else row.quantity
+            groups.setdefault((row.step, quantity, report.problem["dtype"]), []).append(row)
+    summary = []
+    order = sorted(groups, key=lambda key: (list(TOLERANCES).index(key[2]), key[0]))
+    for step, quantity, dtype_name in order:
+        rows = groups[(step, quantity, dtype_name)]
+        summary.append(
+            {
+                "step": step,
+                "quantity": quantity,
+                "dtype": dtype_name,
+                "problems": len(rows),
+                "reference": rows[0].reference,
+                "max_abs_error": max(r.max_abs_error for r in rows),
+                "rel_error": max(r.rel_error for r in rows),
+                "tolerance": rows[0].tolerance,
+                "passed": all(r.passed for r in rows),
+            }
+        )
+    return summary

@@ -1,0 +1,75 @@
+"""Shared test utilities: random problems, error measures and independent oracles."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Normwise relative tolerances per dtype (the issue's accuracy targets).
+RTOL = {jnp.float64: 1e-12, jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
+
+
+def normwise_rel_error(actual, expected) -> float:
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    return float(np.linalg.norm(a - e) / np.linalg.norm(e))
+
+
+def assert_normwise_close(actual, expected, rtol, name=""):
+    err = normwise_rel_error(actual, expected)
+    assert err <= rtol, f"{name}: normwise relative error {err:.3e} > {rtol:.1e}"
+
+
+def make_problem(n, d, k, *, seed=0, dtype=jnp.float64, bias=False, soft=False, scale=1.0):
+    """Random (params W, b, X, labels) as numpy-generated jax arrays of ``dtype``."""
+    rng = np.random.default_rng(seed)
+    X = jnp.asarray(rng.standard_normal((n, d)), dtype)
+    W = jnp.asarray(scale * rng.standard_normal((d, k)) / np.sqrt(d), dtype)
+    b = jnp.asarray(rng.standard_normal(k), dtype) if bias else None
+    if soft:
+        logits = rng.standard_normal((n, k))
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        labels = jnp.asarray(p / p.sum(1, keepdims=True), dtype)
+    else:
+        labels = jnp.asarray(rng.integers(0, k, n), jnp.int32)
+    return W, b, X, labels
+
+
+# --- Independent plain-jnp risks, one per extension (written from DERIVATION.md) ----------
+
+
+def plain_risk(W, X, y):
+    """-(1/N) sum_n y_n^T log softmax(W^T x_n), y one-hot from integer ids."""
+    Y = jax.nn.one_hot(y, W.shape[1], dtype=X.dtype)
+    return -jnp.mean(jnp.sum(Y * jax.nn.log_softmax(X @ W), axis=1))
+
+
+def bias_risk(W, b, X, y):
+    Y = jax.nn.one_hot(y, W.shape[1], dtype=X.dtype)
+    return -jnp.mean(jnp.sum(Y * jax.nn.log_softmax(X @ W + b), axis=1))
+
+
+def soft_risk(W, X, Y):
+    return -jnp.mean(jnp.sum(Y * jax.nn.log_softmax(X @ W), axis=1))
+
+
+def weighted_risk(W, X, y, s):
+    losses = -jnp.take_along_axis(jax.nn.log_softmax(X @ W), y[:, None], axis=1)[:, 0]
+    return jnp.sum(s * losses) / jnp.sum(s)
+
+
+def ignore_risk(W, X, y, ignore_index):
+    keep = y != ignore_index
+    losses = -jnp.take_along_axis(jax.nn.log_softmax(X @ W), jnp.where(keep, y, 0)[:, None], 1)[:, 0]
+    return jnp.sum(jnp.where(keep, losses, 0)) / jnp.sum(keep)
+
+
+def l2_risk(W, X, y, lam):
+    return plain_risk(W, X, y) + 0.5 * lam * jnp.sum(W**2)
+
+
+def smoothed_risk(W, X, y, eps):
+    k = W.shape[1]
+    T = (1 - eps) * jax.nn.one_hot(y, k, dtype=X.dtype) + eps / k
+    return -jnp.mean(jnp.sum(T * jax.nn.log_softmax(X @ W), axis=1))
