@@ -25,16 +25,15 @@ scattered into a one-hot matrix (a scatter measured 1.5x the two-matmul floor he
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from . import _validate
-from ._validate import accumulation_dtype, is_active
+from . import _engine, _validate
+from ._engine import Options
+from ._validate import is_active
 
 
 class Params(NamedTuple):
@@ -44,144 +43,44 @@ class Params(NamedTuple):
     b: jax.Array | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """Static options: each changes the compiled program, so each is a jit static argument."""
-
-    soft: bool  # labels are (N, K) probability rows
-    ignore_index: int
-    smoothing: bool  # label_smoothing is non-zero (or traced)
-    l2: bool  # l2 is non-zero (or traced)
-
-
-class BlockTerms(NamedTuple):
-    """Per-row quantities of one block of rows (everything the forward and backward need)."""
-
-    loss: jax.Array  # (n,) unweighted per-row loss, 0 on rows that do not count
-    lse: jax.Array  # (n,) log-sum-exp of the scores
-    dz: jax.Array | None  # (n, K) dR/dz for the block, already scaled by the row coefficients
-
-
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a @ b`` accumulated in float32 for 16-bit inputs (the MXU/tensor-core convention)."""
-    return jnp.matmul(a, b, preferred_element_type=accumulation_dtype(a.dtype))
-
-
-def scores(W: jax.Array, b: jax.Array | None, X: jax.Array) -> jax.Array:
-    """Z = XW + b in the accumulation dtype, shape (N, K)."""
-    z = matmul(X, W)
-    return z if b is None else z + b.astype(z.dtype)
-
-
-def row_coefficients(labels, sample_weight, opts: Options, n: int, dtype) -> jax.Array:
-    """Counted-and-weighted rows ``s_n m_n`` (not yet normalised), shape (n,)."""
-    if opts.soft:
-        counted = jnp.ones((n,), dtype)
-    else:
-        counted = (labels != opts.ignore_index).astype(dtype)
-    return counted if sample_weight is None else counted * sample_weight.astype(dtype)
-
-
-def block_terms(z, labels, coef, smoothing, opts: Options, *, need_dz: bool) -> BlockTerms:
-    """Loss, log-sum-exp and (optionally) the score gradient of a block of rows.
-
-    Args:
-      z: (n, K) scores in the accumulation dtype.
-      labels: (n,) integer ids or (n, K) probability rows.
-      coef: (n,) final row coefficients c_n (weights / total weight; 0 on ignored rows).
-      smoothing: scalar label-smoothing epsilon (ignored unless ``opts.smoothing``).
-    """
-    k = z.shape[-1]
-    m = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
-    e = jnp.exp(z - m)
-    s = jnp.sum(e, axis=-1, keepdims=True)
-    lse = (m + jnp.log(s))[:, 0]
-    if opts.soft:
-        y = labels.astype(z.dtype)
-        y_sum = jnp.sum(y, axis=-1)
-        z_y = jnp.sum(y * z, axis=-1)
-    else:
-        # A gather of N scores, not a one-hot product: O(N) work and memory.
-        safe = jnp.clip(labels, 0, k - 1)
-        z_y = jnp.take_along_axis(z, safe[:, None], axis=-1)[:, 0]
-        y_sum = jnp.ones_like(z_y)
-    if opts.smoothing:
-        eps = jnp.asarray(smoothing, z.dtype)
-        t_sum = (1 - eps) * y_sum + eps
-        t_z = (1 - eps) * z_y + eps * jnp.mean(z, axis=-1)
-    else:
-        eps = None
-        t_sum, t_z = y_sum, z_y
-    loss = jnp.where(coef != 0, lse * t_sum - t_z, 0)
-    if not need_dz:
-        return BlockTerms(loss, lse, None)
-    p = e / s
-    if opts.soft:
-        target = y
-    else:
-        target = (labels[:, None] == lax.broadcasted_iota(labels.dtype, z.shape, 1)).astype(z.dtype)
-    if opts.smoothing:
-        target = (1 - eps) * target + eps / k
-    dz = coef[:, None] * (p * t_sum[:, None] - target)
-    return BlockTerms(loss, lse, dz)
-
-
-def _normalised_coef(labels, sample_weight, opts: Options, n: int, dtype) -> jax.Array:
-    weights = row_coefficients(labels, sample_weight, opts, n, dtype)
+def normalised_coef(labels, sample_weight, opts: Options, dtype) -> jax.Array:
+    """c_n = s_n m_n / sum_j s_j m_j: weight times counted-mask, normalised; shape (N,)."""
+    weights = _engine.counted_rows(labels, opts, dtype)
+    if sample_weight is not None:
+        weights = weights * sample_weight.astype(dtype)
     return weights / jnp.sum(weights)
 
 
-class _Full(NamedTuple):
-    value: jax.Array
-    gW: jax.Array | None
-    gb: jax.Array | None
-    gX: jax.Array | None
-    terms: BlockTerms
-    coef: jax.Array
-
-
-def _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts: Options, *, grad_W, grad_X):
-    """Shared body of every entry point: the risk and the requested analytic gradients."""
-    z = scores(W, b, X)
-    n = X.shape[0]
-    coef = _normalised_coef(labels, sample_weight, opts, n, z.dtype)
-    need_dz = grad_W or grad_X
-    terms = block_terms(z, labels, coef, smoothing, opts, need_dz=need_dz)
-    value = jnp.sum(coef * terms.loss)
-    if opts.l2:
-        value = value + 0.5 * jnp.asarray(l2, z.dtype) * jnp.sum(jnp.square(W.astype(z.dtype)))
-    gW = gb = gX = None
-    if need_dz:
-        dz = terms.dz.astype(X.dtype)  # 16-bit inputs: the products still accumulate in f32
-    if grad_W:
-        gW = matmul(X.T, dz)
-        if opts.l2:
-            gW = gW + jnp.asarray(l2, gW.dtype) * W.astype(gW.dtype)
-        gW = gW.astype(W.dtype)
-        gb = None if b is None else jnp.sum(terms.dz, axis=0).astype(b.dtype)
-    if grad_X:
-        gX = matmul(dz, W.T).astype(X.dtype)
-    return _Full(value, gW, gb, gX, terms, coef)
+def _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts: Options, *, grad_W, grad_X,
+              rows_out=False):
+    """The risk and the requested analytic gradients (see :func:`jsoftmax._engine.evaluate`)."""
+    acc = _validate.accumulation_dtype(X.dtype)
+    coef = normalised_coef(labels, sample_weight, opts, acc)
+    chunk = opts.chunk_rows or _engine.choose_chunk_rows(X.shape[0], W.shape[1])
+    return _engine.evaluate(W, b, X, labels, coef, l2, smoothing, 0.0, opts, grad_W=grad_W,
+                            grad_X=grad_X, rows_out=rows_out, chunk_rows=chunk)
 
 
 @partial(jax.jit, static_argnames=("opts",))
 def _value_and_grad_kernel(W, b, X, labels, sample_weight, l2, smoothing, opts):
     full = _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts, grad_W=True, grad_X=False)
-    return full.value, full.gW, full.gb
+    gb = None if b is None else full.gb.astype(b.dtype)
+    return full.value, full.gW.astype(W.dtype), gb
 
 
 # --- jax.grad support: a custom VJP whose backward is the analytic gradient ---------------
 #
 # The forward pass, when differentiated, computes the loss and the gradients together in one
-# pass over the scores (the Liger form); the backward only scales them by the cotangent. This
-# avoids recomputing the N×K scores in the backward pass. `symbolic_zeros=True` tells `_fwd`
-# which inputs are perturbed, so it computes dX only when X is being differentiated.
+# pass over the scores (the Liger form); the backward only scales them by the cotangent, so
+# the N×K scores are never recomputed. `symbolic_zeros=True` tells `_risk_fwd` which inputs
+# are perturbed: it computes dX only when X is differentiated, and so on.
 # Forward-mode (jax.jvp / jax.jacfwd) is not supported by a custom VJP.
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(7,))
 def _risk_value(W, b, X, labels, sample_weight, l2, smoothing, opts):
-    return _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts, grad_W=False, grad_X=False).value
+    return _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts, grad_W=False,
+                     grad_X=False).value
 
 
 def _primal(arg):
@@ -200,24 +99,32 @@ def _risk_fwd(W, b, X, labels, sample_weight, l2, smoothing, opts):
             "differentiating the risk with respect to `label_smoothing` is not supported; "
             "pass it as a constant."
         )
-    full = _evaluate(Wv, bv, Xv, yv, swv, l2v, epsv, opts, grad_W=W_p or b_p, grad_X=X_p)
-    coef, terms = full.coef, full.terms
+    soft_grad = y_p and opts.soft
+    full = _evaluate(Wv, bv, Xv, yv, swv, l2v, epsv, opts, grad_W=W_p or b_p, grad_X=X_p,
+                     rows_out=sw_p or soft_grad)
+    acc = full.value.dtype
     g_labels = g_weights = g_l2 = None
-    if y_p and opts.soft:
+    if soft_grad:
         # dR/dy_nk = -c_n (1 - eps) log softmax(z_n)_k
-        log_p = scores(Wv, bv, Xv) - terms.lse[:, None]
-        scale = 1 - jnp.asarray(epsv, log_p.dtype) if opts.smoothing else 1
+        coef = normalised_coef(yv, swv, opts, acc)
+        log_p = _engine.scores(Wv, bv, Xv) - full.lse[:, None]
+        scale = 1 - jnp.asarray(epsv, acc) if opts.smoothing else 1
         g_labels = (-coef[:, None] * scale * log_p).astype(yv.dtype)
     if sw_p:
         # R = sum(m w l) / sum(m w)  =>  dR/dw_n = m_n (l_n - R_data) / sum(m w)
-        n = Xv.shape[0]
-        weights = row_coefficients(yv, swv, opts, n, coef.dtype)
-        mask = row_coefficients(yv, None, opts, n, coef.dtype)
-        data_risk = jnp.sum(coef * terms.loss)
-        g_weights = (mask * (terms.loss - data_risk) / jnp.sum(weights)).astype(swv.dtype)
+        mask = _engine.counted_rows(yv, opts, acc)
+        total = jnp.sum(mask * swv.astype(acc))
+        data_risk = jnp.sum(mask * swv * full.loss) / total
+        g_weights = (mask * (full.loss - data_risk) / total).astype(swv.dtype)
     if l2_p:
-        g_l2 = (0.5 * jnp.sum(jnp.square(Wv.astype(coef.dtype)))).astype(jnp.result_type(l2v))
-    return full.value, (full.gW, full.gb, full.gX, g_labels, g_weights, g_l2)
+        g_l2 = (0.5 * jnp.sum(jnp.square(Wv.astype(acc)))).astype(jnp.result_type(l2v))
+
+    def cast(g, like):
+        return None if g is None else g.astype(like.dtype)
+
+    residuals = (cast(full.gW, Wv), cast(full.gb, bv) if bv is not None else None,
+                 cast(full.gX, Xv), g_labels, g_weights, g_l2)
+    return full.value, residuals
 
 
 def _risk_bwd(opts, residuals, g):
@@ -234,7 +141,8 @@ _risk_jit = jax.jit(_risk_value, static_argnums=(7,))
 # --- public API -------------------------------------------------------------------------
 
 
-def _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values):
+def _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values,
+           chunk_rows):
     problem = _validate.prepare_problem(
         params, X, labels, sample_weight, l2, label_smoothing, ignore_index
     )
@@ -245,6 +153,7 @@ def _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, 
         ignore_index=int(ignore_index),
         smoothing=is_active(label_smoothing),
         l2=is_active(l2),
+        chunk_rows=_validate.check_chunk(chunk_rows, "chunk_rows"),
     )
     return problem, opts
 
@@ -264,6 +173,7 @@ def risk(
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
     check_values: bool = True,
+    chunk_rows: int | None = None,
 ) -> jax.Array:
     r"""Cross-entropy risk of softmax regression.
 
@@ -286,6 +196,8 @@ def risk(
       ignore_index: integer label that marks a row to leave out of the sum and the count.
       check_values: validate label ranges, probability rows, finiteness of X and weights
         (eagerly for concrete data, at run time under ``jit``); see ``jsoftmax._validate``.
+      chunk_rows: rows of scores live at a time (static). Default: a power of two chosen so
+        one f32 (rows, K) block is about 4 MiB, which also ran fastest on CPU.
 
     Returns:
       The scalar risk, float32 for 16-bit inputs, else the dtype of ``X``.
@@ -296,7 +208,8 @@ def risk(
       >>> float(jsoftmax.risk(jnp.zeros((2, 3)), X, jnp.array([0, 2])))  # log 3
       1.0986123...
     """
-    problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values)
+    problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
+                           check_values, chunk_rows)
     W, b, X, labels, sample_weight, _ = problem
     return _risk_jit(W, b, X, labels, sample_weight, l2, label_smoothing, opts)
 
@@ -311,6 +224,7 @@ def value_and_grad(
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
     check_values: bool = True,
+    chunk_rows: int | None = None,
 ) -> tuple[jax.Array, Params | jax.Array]:
     r"""The risk and its analytic gradient in one pass that shares the softmax.
 
@@ -334,7 +248,8 @@ def value_and_grad(
       >>> grad.b  # mean of softmax - onehot: (1/3 - 1/2, 1/3, 1/3 - 1/2)
       Array([-0.16666..., 0.33333..., -0.16666...], dtype=float32)
     """
-    problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values)
+    problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
+                           check_values, chunk_rows)
     W, b, X, labels, sample_weight, _ = problem
     value, gW, gb = _value_and_grad_kernel(W, b, X, labels, sample_weight, l2, label_smoothing, opts)
     return value, _pack(params, gW, gb)
@@ -356,7 +271,7 @@ def risk_grad(
 
 @jax.jit
 def _proba_kernel(W, b, X):
-    return jax.nn.softmax(scores(W, b, X), axis=-1)
+    return jax.nn.softmax(_engine.scores(W, b, X), axis=-1)
 
 
 def predict_proba(params: Params | jax.Array, X: jax.Array) -> jax.Array:
@@ -367,7 +282,7 @@ def predict_proba(params: Params | jax.Array, X: jax.Array) -> jax.Array:
 
 @jax.jit
 def _predict_kernel(W, b, X):
-    return jnp.argmax(scores(W, b, X), axis=-1)
+    return jnp.argmax(_engine.scores(W, b, X), axis=-1)
 
 
 def predict(params: Params | jax.Array, X: jax.Array) -> jax.Array:

@@ -193,6 +193,17 @@ def _check_scalar(value: Any, name: str, low: float, high: float | None) -> None
         raise ValueError(f"`{name}` must lie in {interval}; got {v}.")
 
 
+def check_chunk(value: Any, name: str) -> int | None:
+    """A chunk size is None (automatic) or a positive Python int."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a positive int or None; got {value!r}.")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be a positive int or None; got {value}.")
+    return int(value)
+
+
 def is_active(value: Any) -> bool:
     """Static flag: does this scalar option change the program (traced counts as active)?"""
     return is_tracer(value) or float(value) != 0.0

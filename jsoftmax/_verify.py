@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _risk, _validate
+from . import _engine, _risk, _validate
 from ._compat import enable_x64
 from ._reference import reference_risk, reference_row_loss, reference_targets
 
@@ -242,9 +242,9 @@ def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, opts, rows_sho
     full = _risk._evaluate(
         W, b, X, labels, sample_weight, l2, smoothing, opts, grad_W=True, grad_X=False
     )
-    z = _risk.scores(W, b, X)
+    z = _engine.scores(W, b, X)
     ones = jnp.ones((X.shape[0],), z.dtype)
-    per_sample = _risk.block_terms(z, labels, ones, smoothing, opts, need_dz=True)
+    per_sample = _engine.block_terms(z, labels, ones, smoothing, 0.0, opts, need_dz=True)
     # dR/dX through jax.grad of the custom-VJP risk: checks the backward pass jax.grad uses.
     grad_X = jax.grad(_risk._risk_value, argnums=2)(
         W, b, X, labels, sample_weight, l2, smoothing, opts
@@ -253,8 +253,8 @@ def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, opts, rows_sho
         "jacobian": jax.vmap(softmax_jacobian)(z[:rows_shown]),
         "dz": per_sample.dz,
         "value": full.value,
-        "W": full.gW,
-        "b": full.gb,
+        "W": full.gW.astype(W.dtype),
+        "b": None if b is None else full.gb.astype(b.dtype),
         "X": grad_X,
     }
 

@@ -300,3 +300,36 @@ def test_works_under_jit_vmap_and_grad(x64):
     batched = jax.vmap(lambda W: jsoftmax.risk(W, X, y))(Ws)
     expected = jnp.stack([reference_risk(w, None, X, y) for w in Ws])
     np.testing.assert_allclose(batched, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 16, 64])
+@pytest.mark.parametrize("soft", [False, True])
+def test_row_chunks_with_remainder_match_reference(x64, chunk_rows, soft):
+    # 45 rows: full chunks plus a remainder for every chunk size but 1.
+    W, b, X, y = make_problem(45, 6, 5, seed=21, bias=True, soft=soft)
+    s = jnp.linspace(0.2, 1.5, 45)
+    if not soft:
+        y = y.at[::5].set(-100)
+    opts = dict(sample_weight=s, l2=0.05, label_smoothing=0.1)
+    params = jsoftmax.Params(W, b)
+    value, grad = jsoftmax.value_and_grad(params, X, y, chunk_rows=chunk_rows, **opts)
+    ref_value, ref = jax.value_and_grad(reference_risk, argnums=(0, 1))(W, b, X, y, **opts)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    assert_normwise_close(grad.W, ref[0], 1e-12, "W")
+    assert_normwise_close(grad.b, ref[1], 1e-12, "b")
+    # jax.grad through the custom VJP, X and the weights included, by chunks too.
+    got = jax.grad(
+        lambda p, X, s: jsoftmax.risk(p, X, y, chunk_rows=chunk_rows, **dict(opts, sample_weight=s)),
+        argnums=(1, 2),
+    )(params, X, s)
+    want = jax.grad(
+        lambda X, s: reference_risk(W, b, X, y, **dict(opts, sample_weight=s)), argnums=(0, 1)
+    )(X, s)
+    assert_normwise_close(got[0], want[0], 1e-12, "X")
+    assert_normwise_close(got[1], want[1], 1e-12, "sample_weight")
+
+
+def test_chunk_rows_must_be_positive(x64):
+    W, _, X, y = make_problem(5, 3, 3)
+    with pytest.raises(ValueError, match=r"`chunk_rows` must be a positive int or None; got 0"):
+        jsoftmax.risk(W, X, y, chunk_rows=0)
