@@ -3,6 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._risk import Params as Params
+from ._train import FitResult as FitResult
+from ._train import fit as fit
 from ._risk import predict as predict
 from ._risk import predict_proba as predict_proba
 from ._risk import risk as risk
@@ -19,9 +21,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "CheckRow",
+    "FitResult",
     "GradientReport",
     "Params",
     "check_gradient",
+    "fit",
     "predict",
     "predict_proba",
     "risk",

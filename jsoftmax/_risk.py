@@ -48,7 +48,10 @@ def normalised_coef(labels, sample_weight, opts: Options, dtype) -> jax.Array:
     weights = _engine.counted_rows(labels, opts, dtype)
     if sample_weight is not None:
         weights = weights * sample_weight.astype(dtype)
-    return weights / jnp.sum(weights)
+    total = jnp.sum(weights)
+    # A minibatch whose rows all carry weight 0 contributes nothing (instead of 0/0). The public
+    # functions reject such input before it gets here.
+    return weights / jnp.where(total > 0, total, 1)
 
 
 def _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts: Options, *, grad_W, grad_X,

@@ -1,0 +1,375 @@
+"""Training with Optax, driven by the analytic gradient.
+
+Two modes, both compiled end to end:
+
+* **Full batch** (``batch_size=None``): the optimizer runs inside one ``lax.while_loop`` until
+  the gradient's largest entry is at most ``tol`` or ``max_iter`` iterations. With an optimizer
+  that carries a line search (``optax.lbfgs``), the loop passes it the objective as
+  ``value_fn`` and reuses the value and gradient the line search already computed
+  (``optax.value_and_grad_from_state``). A callback or checkpoints split the loop into
+  segments of the same compiled program (nothing recompiles).
+* **Minibatch** (``batch_size=B``): one epoch is one ``lax.scan`` over shuffled batches (a fresh
+  permutation per epoch from ``seed``); Python only loops over epochs, for validation, early
+  stopping, callbacks and checkpoints.
+
+The objective is :func:`jsoftmax.risk` (a custom VJP), so ``jax.value_and_grad`` of it — and
+every gradient the optimizer or line search asks for — is the analytic gradient, computed in
+the same pass as the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from . import _checkpoint, _risk, _validate
+from ._engine import Options
+from ._risk import Params
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the fitted parameters, in the structure given to :func:`fit`.
+      history: ``"loss"`` per iteration (full batch) or per epoch (mean over its batches);
+        ``"val_loss"``/``"val_accuracy"`` per epoch when validation data was given.
+      n_iter: optimizer steps taken in total.
+      n_epochs: epochs run (0 in full-batch mode).
+      converged: the gradient's largest entry reached ``tol``, or early stopping fired.
+      grad_norm: largest absolute entry of the full-data gradient at the returned params.
+      stop_reason: ``"gtol"``, ``"max_iter"``, ``"max_epochs"`` or ``"early_stopping"``.
+    """
+
+    params: Params | jax.Array
+    history: dict[str, list[float]]
+    n_iter: int
+    n_epochs: int
+    converged: bool
+    grad_norm: float
+    stop_reason: str
+
+
+def _positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int{' or None' if allow_none else ''}; got {value!r}.")
+    return int(value)
+
+
+def _uses_linesearch(state) -> bool:
+    """True for optimizers (like optax.lbfgs) whose state stores the value and gradient.
+
+    Decided from the state's structure, which is static, so it costs nothing under jit.
+    """
+    return optax.tree.get(state, "value", None) is not None
+
+
+def _inf_norm(tree) -> jax.Array:
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+def _objective(data, opts: Options):
+    """The risk as a function of the params; ``data = (X, labels, weights, l2, smoothing)``."""
+    X, labels, sample_weight, l2, smoothing = data
+
+    def objective(params: Params):
+        return _risk._risk_value(params.W, params.b, X, labels, sample_weight, l2, smoothing, opts)
+
+    return objective
+
+
+def _update(optimizer, objective, grad, state, params, value):
+    if _uses_linesearch(state):
+        updates, state = optimizer.update(grad, state, params, value=value, grad=grad, value_fn=objective)
+    else:
+        updates, state = optimizer.update(grad, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+# --- Full batch ---------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("optimizer", "opts", "max_iter"))
+def _full_batch_start(params, data, *, optimizer, opts, max_iter):
+    """The loop's initial carry: (iteration, params, state, value, grad, loss history)."""
+    value, grad = jax.value_and_grad(_objective(data, opts))(params)
+    losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
+    return jnp.asarray(0), params, optimizer.init(params), value, grad, losses
+
+
+@partial(jax.jit, static_argnames=("optimizer", "opts"))
+def _full_batch_segment(carry, limit, tol, data, *, optimizer, opts):
+    """Iterate until ``it == limit`` or max|grad| <= tol; one compiled while_loop."""
+    objective = _objective(data, opts)
+    linesearch = _uses_linesearch(carry[2])
+    value_and_grad = (
+        optax.value_and_grad_from_state(objective) if linesearch else jax.value_and_grad(objective)
+    )
+
+    def cond(carry):
+        it, _, _, _, grad, _ = carry
+        return (it < limit) & (_inf_norm(grad) > tol)
+
+    def body(carry):
+        it, params, state, value, grad, losses = carry
+        params, state = _update(optimizer, objective, grad, state, params, value)
+        if linesearch:
+            value, grad = value_and_grad(params, state=state)
+        else:
+            value, grad = value_and_grad(params)
+        losses = losses.at[it + 1].set(value)
+        return it + 1, params, state, value, grad, losses
+
+    return lax.while_loop(cond, body, carry)
+
+
+# --- Minibatch ----------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("optimizer", "opts", "batch_size"))
+def _epoch(params, state, key, data, *, optimizer, opts, batch_size):
+    """One epoch: a fresh permutation, then a lax.scan of optimizer steps over its batches."""
+    X, labels, sample_weight, l2, smoothing = data
+    n = X.shape[0]
+    steps = math.ceil(n / batch_size)
+    # Pad the permutation to whole batches with weight-0 rows: every sample is used each epoch.
+    order = jnp.concatenate([jax.random.permutation(key, n), jnp.zeros(steps * batch_size - n, int)])
+    real = jnp.arange(steps * batch_size) < n
+    weights = real.astype(X.dtype) if sample_weight is None else jnp.where(real, sample_weight[order], 0)
+    batches = (order.reshape(steps, batch_size), weights.reshape(steps, batch_size))
+
+    def step(carry, batch):
+        params, state = carry
+        rows, w = batch
+        objective = _objective((X[rows], labels[rows], w, l2, smoothing), opts)
+        value, grad = jax.value_and_grad(objective)(params)
+        params, state = _update(optimizer, objective, grad, state, params, value)
+        return (params, state), value
+
+    (params, state), losses = lax.scan(step, (params, state), batches)
+    return params, state, losses
+
+
+@partial(jax.jit, static_argnames=("opts",))
+def _metrics(params, data, *, opts):
+    """(risk without penalty, accuracy over counted rows) on a data set."""
+    X, labels, sample_weight, _, smoothing = data
+    loss = _risk._risk_value(params.W, params.b, X, labels, sample_weight, 0.0, smoothing,
+                             dataclasses.replace(opts, l2=False))
+    predicted = _risk._predict_kernel(params.W, params.b, X)
+    if opts.soft:
+        correct, counted = predicted == jnp.argmax(labels, axis=1), jnp.ones_like(predicted, bool)
+    else:
+        correct, counted = predicted == labels, labels != opts.ignore_index
+    return loss, jnp.sum(correct & counted) / jnp.sum(counted)
+
+
+@partial(jax.jit, static_argnames=("opts",))
+def _grad_inf_norm(params, data, *, opts):
+    return _inf_norm(jax.grad(_objective(data, opts))(params))
+
+
+# --- Public entry point -------------------------------------------------------------------
+
+
+def fit(
+    params: Params | jax.Array,
+    X: jax.Array,
+    labels: jax.Array,
+    optimizer: optax.GradientTransformation,
+    *,
+    sample_weight: jax.Array | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    batch_size: int | None = None,
+    max_iter: int = 1000,
+    max_epochs: int = 100,
+    tol: float = 1e-6,
+    validation_data: tuple[jax.Array, jax.Array] | None = None,
+    patience: int | None = None,
+    seed: int = 0,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback_every: int = 50,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+) -> FitResult:
+    r"""Minimise :func:`jsoftmax.risk` with an Optax optimizer and the analytic gradient.
+
+    Args:
+      params: initial :class:`Params` or bare ``W``; the result has the same structure.
+      X, labels, sample_weight, l2, label_smoothing, ignore_index: as in :func:`jsoftmax.risk`.
+      optimizer: any ``optax.GradientTransformation`` (schedules included). ``optax.lbfgs()``
+        gets the objective as ``value_fn`` for its line search.
+      batch_size: ``None`` for full-batch mode; otherwise rows per minibatch.
+      max_iter: full-batch iteration limit. max_epochs: minibatch epoch limit.
+      tol: stop when max |dR/dθ| <= tol (full batch; checked at the end of minibatch runs).
+      validation_data: ``(X_val, labels_val)`` evaluated after every epoch (minibatch).
+      patience: stop after this many epochs without improvement of the validation loss (or
+        of the training loss without validation data); the best params are returned.
+      seed: seeds each epoch's shuffle (``fold_in(key(seed), epoch)``).
+      callback: called with a dict of progress (iteration or epoch, loss, ...) after every
+        epoch, or every ``callback_every`` full-batch iterations.
+      checkpoint_dir: save the full training state atomically every ``checkpoint_every``
+        epochs (minibatch) or iterations (full batch); ``resume=True`` continues from the
+        newest checkpoint there (``FileNotFoundError`` if there is none).
+
+    Returns:
+      A :class:`FitResult`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, jsoftmax
+      >>> X = jnp.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+      >>> y = jnp.array([0, 1, 1, 0])
+      >>> result = jsoftmax.fit(jsoftmax.Params(jnp.zeros((2, 2)), jnp.zeros(2)), X, y,
+      ...                       optax.lbfgs(), l2=0.1, tol=1e-5)
+      >>> result.converged, result.stop_reason
+      (True, 'gtol')
+    """
+    problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing, ignore_index)
+    _validate.check_values(problem, ignore_index)
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}."
+        )
+    batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
+    max_iter = _positive_int(max_iter, "max_iter")
+    max_epochs = _positive_int(max_epochs, "max_epochs")
+    patience = _positive_int(patience, "patience", allow_none=True)
+    callback_every = _positive_int(callback_every, "callback_every")
+    checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
+    if not (isinstance(tol, numbers.Real) and tol >= 0):
+        raise ValueError(f"`tol` must be a non-negative number; got {tol!r}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir`.")
+
+    W, b, X, labels, sample_weight, soft = problem
+    opts = Options(soft=soft, ignore_index=int(ignore_index),
+                   smoothing=_validate.is_active(label_smoothing), l2=_validate.is_active(l2))
+    data = (X, labels, sample_weight, l2, label_smoothing)
+    start = Params(W, b)
+    validation = None
+    if validation_data is not None:
+        if not (isinstance(validation_data, tuple) and len(validation_data) == 2):
+            raise TypeError("`validation_data` must be a tuple (X_val, labels_val).")
+        vproblem = _validate.prepare_problem(start, validation_data[0], validation_data[1], None,
+                                             0.0, label_smoothing, ignore_index)
+        _validate.check_values(vproblem, ignore_index)
+        if vproblem.soft != soft:
+            raise TypeError("`validation_data` labels must be of the same kind (ids or rows) as `labels`.")
+        validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing)
+
+    statics = dict(optimizer=optimizer, opts=opts)
+    if batch_size is None:
+        run = _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
+                              checkpoint_dir, checkpoint_every, resume)
+    else:
+        run = _fit_minibatch(start, data, validation, tol, min(batch_size, X.shape[0]), max_epochs,
+                             patience, seed, statics, callback, checkpoint_dir, checkpoint_every, resume)
+    fitted, history, n_iter, n_epochs, stop_reason, grad_norm = run
+    if grad_norm is None:
+        grad_norm = float(_grad_inf_norm(fitted, data, opts=opts))
+    if stop_reason not in ("gtol", "early_stopping") and grad_norm <= tol:
+        stop_reason = "gtol"
+    out = fitted if isinstance(params, Params) else fitted.W
+    return FitResult(out, history, n_iter, n_epochs, stop_reason in ("gtol", "early_stopping"),
+                     grad_norm, stop_reason)
+
+
+def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
+                    checkpoint_dir, checkpoint_every, resume):
+    carry = _full_batch_start(start, data, max_iter=max_iter, **statics)
+    meta = {"mode": "full_batch", "max_iter": max_iter}
+    if resume:
+        carry = _resume(checkpoint_dir, carry)[0]
+    segment = max_iter
+    if callback is not None:
+        segment = min(segment, callback_every)
+    if checkpoint_dir is not None:
+        segment = min(segment, checkpoint_every)
+    tol_arr = jnp.asarray(tol, carry[3].dtype)
+    while True:
+        it = int(carry[0])
+        limit = min(it + segment, max_iter)
+        carry = _full_batch_segment(carry, jnp.asarray(limit), tol_arr, data, **statics)
+        it, grad_inf = int(carry[0]), float(_inf_norm(carry[4]))
+        if checkpoint_dir is not None:
+            _checkpoint.save_checkpoint(checkpoint_dir, it, carry, meta)
+        if callback is not None:
+            callback({"iteration": it, "loss": float(carry[3]), "grad_norm": grad_inf, "max_iter": max_iter})
+        if grad_inf <= tol or it >= max_iter or it < limit:
+            break
+    n_iter = int(carry[0])
+    history = {"loss": [float(v) for v in np.asarray(carry[5][: n_iter + 1])]}
+    reason = "gtol" if grad_inf <= tol else "max_iter"
+    return carry[1], history, n_iter, 0, reason, grad_inf
+
+
+def _resume(checkpoint_dir, like):
+    loaded = _checkpoint.load_latest_checkpoint(checkpoint_dir, like)
+    if loaded is None:
+        raise FileNotFoundError(f"--resume: no checkpoint found in {checkpoint_dir}")
+    tree, meta = loaded
+    return jax.tree_util.tree_map(jnp.asarray, tree), meta
+
+
+def _fit_minibatch(start, data, validation, tol, batch_size, max_epochs, patience, seed, statics,
+                   callback, checkpoint_dir, checkpoint_every, resume):
+    optimizer, opts = statics["optimizer"], statics["opts"]
+    params, state = start, optimizer.init(start)
+    history: dict[str, list[float]] = {"loss": []}
+    if validation is not None:
+        history["val_loss"], history["val_accuracy"] = [], []
+    best = {"loss": math.inf, "params": params, "wait": 0}
+    epoch, n_iter = 0, 0
+    steps = math.ceil(data[0].shape[0] / batch_size)
+    if resume:
+        like = (params, state, best["params"])
+        (params, state, best_params), meta = _resume(checkpoint_dir, like)
+        epoch, history = meta["epoch"], meta["history"]
+        best = {"loss": meta["best_loss"], "params": best_params, "wait": meta["wait"]}
+        n_iter = epoch * steps
+    stop_reason = "max_epochs"
+    root = jax.random.key(seed)
+    while epoch < max_epochs:
+        key = jax.random.fold_in(root, epoch)
+        params, state, losses = _epoch(params, state, key, data, batch_size=batch_size, **statics)
+        epoch += 1
+        n_iter += steps
+        info = {"epoch": epoch, "max_epochs": max_epochs, "loss": float(jnp.mean(losses))}
+        history["loss"].append(info["loss"])
+        monitored = info["loss"]
+        if validation is not None:
+            val_loss, val_acc = (float(v) for v in _metrics(params, validation, opts=opts))
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+            info.update(val_loss=val_loss, val_accuracy=val_acc)
+            monitored = val_loss
+        if monitored < best["loss"]:
+            best = {"loss": monitored, "params": params, "wait": 0}
+        else:
+            best["wait"] += 1
+        if callback is not None:
+            callback(info)
+        if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == max_epochs):
+            meta = {"mode": "minibatch", "epoch": epoch, "history": history,
+                    "best_loss": best["loss"], "wait": best["wait"]}
+            _checkpoint.save_checkpoint(checkpoint_dir, epoch, (params, state, best["params"]), meta)
+        if patience is not None and best["wait"] >= patience:
+            params, stop_reason = best["params"], "early_stopping"
+            break
+    return params, history, n_iter, epoch, stop_reason, None
