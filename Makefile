@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/jsoftmax verify
+	$(BIN)/jsoftmax demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._estimator import SoftmaxRegression as SoftmaxRegression
 from ._risk import Params as Params
 from ._train import FitResult as FitResult
 from ._train import fit as fit
@@ -24,6 +25,7 @@ __all__ = [
     "FitResult",
     "GradientReport",
     "Params",
+    "SoftmaxRegression",
     "check_gradient",
     "fit",
     "predict",

@@ -71,7 +71,8 @@ def load_npz(path: str | os.PathLike, *, kind: str) -> tuple[dict[str, np.ndarra
     if not path.exists():
         raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # Own the file handle: np.load leaks it when the zip directory is unreadable.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}  # reads and CRC-checks all
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path} is not a readable jsoftmax {kind} file (truncated or corrupt?): {err}") from None

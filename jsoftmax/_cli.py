@@ -52,6 +52,207 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def _emit(args: argparse.Namespace, payload: dict, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=_jsonable))
+    elif not getattr(args, "quiet", False):
+        print("\n".join(lines))
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _load_training_data(args: argparse.Namespace):
+    from . import _data
+
+    if args.file and args.dataset:
+        raise ValueError("give either FILE or --dataset, not both.")
+    if args.file:
+        return _data.load_file(args.file, label_column=_label_column(args.label_column),
+                               labels_path=args.labels_file), str(args.file)
+    name = args.dataset or "digits"
+    return _data.load_dataset(name), f"dataset {name}"
+
+
+def _label_column(text: str | None):
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+class _Progress:
+    """tqdm bar fed by jsoftmax.fit's callback (epochs or iterations)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, info: dict) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        unit, done, total = (
+            ("epoch", info["epoch"], info["max_epochs"]) if "epoch" in info
+            else ("iter", info["iteration"], info["max_iter"])
+        )
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+        shown = {"loss": f"{info['loss']:.4g}"}
+        if "val_accuracy" in info:
+            shown["val_acc"] = f"{info['val_accuracy']:.3f}"
+        if "grad_norm" in info:
+            shown["|g|"] = f"{info['grad_norm']:.1e}"
+        self.bar.set_postfix(shown)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _metrics(model, X, y) -> dict:
+    from sklearn import metrics
+
+    proba = model.predict_proba(X)
+    predicted = model.classes_[proba.argmax(axis=1)]
+    precision, recall, _, support = metrics.precision_recall_fscore_support(
+        y, predicted, labels=model.classes_, zero_division=0
+    )
+    return {
+        "n_samples": int(len(y)),
+        "accuracy": float(metrics.accuracy_score(y, predicted)),
+        "log_loss": float(metrics.log_loss(y, proba, labels=model.classes_)),
+        "per_class": [
+            {"class": c, "precision": float(p), "recall": float(r), "support": int(s)}
+            for c, p, r, s in zip(model.classes_.tolist(), precision, recall, support)
+        ],
+        "confusion_matrix": metrics.confusion_matrix(y, predicted, labels=model.classes_).tolist(),
+    }
+
+
+def _metrics_lines(title: str, m: dict) -> list[str]:
+    lines = [f"{title}: {m['n_samples']} samples, accuracy {m['accuracy']:.4f}, log loss {m['log_loss']:.4f}"]
+    lines.append("  class      precision  recall  support")
+    for row in m["per_class"]:
+        lines.append(f"  {str(row['class']):<10} {row['precision']:9.3f}  {row['recall']:6.3f}  {row['support']:7d}")
+    lines.append("  confusion matrix (rows: true, columns: predicted):")
+    lines.extend("    " + " ".join(f"{v:4d}" for v in row) for row in m["confusion_matrix"])
+    return lines
+
+
+def _check_known_labels(model, y, source) -> None:
+    import numpy as np
+
+    unknown = sorted(set(np.asarray(y).tolist()) - set(model.classes_.tolist()), key=str)
+    if unknown:
+        raise ValueError(f"{source}: labels {unknown[:10]} are not among the model's classes "
+                         f"{model.classes_.tolist()}.")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from ._estimator import SoftmaxRegression
+
+    (X, y), source = _load_training_data(args)
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint DIR.")
+    if args.test_size > 0:
+        _, counts = np.unique(y, return_counts=True)
+        stratify = y if counts.min() >= 2 else None
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=args.test_size, random_state=args.seed, stratify=stratify)
+    else:
+        X_train, y_train, X_test, y_test = X, y, None, None
+    minibatch = args.batch_size is not None
+    model = SoftmaxRegression(
+        C=args.C, solver=args.solver, learning_rate=args.lr, batch_size=args.batch_size,
+        max_iter=args.epochs if minibatch else args.max_iter, tol=args.tol,
+        standardize=not args.no_standardize, random_state=args.seed,
+    )
+    progress = _Progress(enabled=not (args.quiet or args.json))
+    try:
+        model.fit(X_train, y_train, callback=progress, checkpoint_dir=args.checkpoint,
+                  checkpoint_every=args.checkpoint_every, resume=args.resume)
+    finally:
+        progress.close()
+    payload = {"source": source, "n_features": int(X.shape[1]), "classes": model.classes_.tolist(),
+               "solver": args.solver, "optimality": model.optimality_,
+               "train": _metrics(model, X_train, y_train)}
+    lines = [f"Trained on {source}: {len(y_train)} samples, {X.shape[1]} features, "
+             f"{len(model.classes_)} classes, solver {args.solver}.",
+             "Optimality: gradient max-abs {grad_norm:.2e} after {n_iter} iterations, "
+             "converged={converged} ({stop_reason}).".format(**model.optimality_),
+             f"Train accuracy {payload['train']['accuracy']:.4f}, log loss {payload['train']['log_loss']:.4f}."]
+    if X_test is not None:
+        payload["test"] = _metrics(model, X_test, y_test)
+        lines += _metrics_lines("Test", payload["test"])
+    if args.out:
+        model.save(args.out)
+        payload["model"] = str(args.out)
+        lines.append(f"Model saved to {args.out}.")
+    if args.plot:
+        from ._plot import training_plot
+
+        shown = payload.get("test", payload["train"])
+        training_plot(args.plot, model.loss_curve_, shown["confusion_matrix"], model.classes_,
+                      title=f"jsoftmax on {source}", xlabel="epoch" if minibatch else "iteration")
+        payload["plot"] = str(args.plot)
+        lines.append(f"Plot saved to {args.plot}.")
+    _emit(args, payload, lines)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from . import _data
+    from ._estimator import SoftmaxRegression
+
+    model = SoftmaxRegression.load(args.model)
+    X, _ = _data.load_file(args.file, label_column=_label_column(args.label_column),
+                           labels_path=args.labels_file)
+    if args.proba:
+        proba = model.predict_proba(X)
+        payload = {"classes": model.classes_.tolist(), "proba": proba.tolist()}
+        lines = [" ".join(f"{p:.6f}" for p in row) for row in proba]
+    else:
+        predicted = model.predict(X).tolist()
+        payload = {"predictions": predicted}
+        lines = [str(p) for p in predicted]
+    _emit(args, payload, lines)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import _data
+    from ._estimator import SoftmaxRegression
+
+    model = SoftmaxRegression.load(args.model)
+    X, y = _data.load_file(args.file, label_column=_label_column(args.label_column),
+                           labels_path=args.labels_file)
+    _check_known_labels(model, y, args.file)
+    payload = _metrics(model, X, y)
+    _emit(args, payload, _metrics_lines(f"Evaluation of {args.model} on {args.file}", payload))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.out_dir, as_json=args.json, quiet=args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import _verify
 
@@ -76,12 +277,75 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.add_argument("--verbose", "-v", action="store_true", help="every problem's table")
     verify.set_defaults(func=_cmd_verify)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--label-column", default=None,
+                       help="CSV label column: a name or an index (default: the last)")
+        p.add_argument("--labels-file", default=None,
+                       help="IDX labels file (default: guessed from the images file name)")
+
+    def output_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or report")
+
+    from ._data import DATASETS
+    from ._estimator import SOLVERS
+
+    train = sub.add_parser("train", help="fit a model to a file or a bundled dataset",
+                           description="Fit SoftmaxRegression with the analytic gradient.")
+    train.add_argument("file", nargs="?", help="CSV/TSV, NPZ (X, y), LIBSVM or MNIST IDX file")
+    train.add_argument("--dataset", choices=DATASETS, help="scikit-learn bundled dataset (default digits)")
+    data_options(train)
+    train.add_argument("--solver", choices=SOLVERS, default="lbfgs")
+    train.add_argument("--lr", type=float, default=0.01, help="learning rate for adam/sgd")
+    train.add_argument("--batch-size", type=int, default=None, help="minibatch size (adam/sgd)")
+    train.add_argument("--epochs", type=int, default=100, help="epochs with --batch-size")
+    train.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, as scikit-learn")
+    train.add_argument("--max-iter", type=int, default=1000, help="full-batch iterations")
+    train.add_argument("--tol", type=float, default=1e-6, help="gradient max-abs tolerance")
+    train.add_argument("--no-standardize", action="store_true", help="do not standardise features")
+    train.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (0: none)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", help="save the model here (.npz)")
+    train.add_argument("--checkpoint", help="folder for atomic training checkpoints")
+    train.add_argument("--checkpoint-every", type=int, default=1,
+                       help="checkpoint every N epochs (minibatch) or iterations (full batch)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    train.add_argument("--plot", help="save a PNG of the loss curve and confusion matrix")
+    output_options(train)
+    train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser("predict", help="predict the classes of the rows of a file")
+    predict.add_argument("model")
+    predict.add_argument("file")
+    data_options(predict)
+    predict.add_argument("--proba", action="store_true", help="print class probabilities")
+    output_options(predict)
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, log loss, per-class metrics, confusion matrix")
+    evaluate.add_argument("model")
+    evaluate.add_argument("file")
+    data_options(evaluate)
+    output_options(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="the main job: train on digits, verify, compare, save, plot")
+    demo.add_argument("--out-dir", default="jsoftmax-out", help="where the model and plot go")
+    output_options(demo)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        # User errors: one clear line, exit status 2 (as argparse does), no traceback.
+        print(f"jsoftmax {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -293,9 +293,15 @@ def fit(
 def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
                     checkpoint_dir, checkpoint_every, resume):
     carry = _full_batch_start(start, data, max_iter=max_iter, **statics)
-    meta = {"mode": "full_batch", "max_iter": max_iter}
     if resume:
-        carry = _resume(checkpoint_dir, carry)[0]
+        # The state without the loss buffer (its length depends on max_iter); history in meta.
+        state, meta = _resume(checkpoint_dir, carry[:5])
+        done = int(state[0])
+        if done > max_iter:
+            raise ValueError(f"the checkpoint in {checkpoint_dir} is at iteration {done}, "
+                             f"beyond max_iter={max_iter}.")
+        losses = carry[5].at[: done + 1].set(jnp.asarray(meta["history"], carry[5].dtype))
+        carry = (*state, losses)
     segment = max_iter
     if callback is not None:
         segment = min(segment, callback_every)
@@ -308,7 +314,9 @@ def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_ever
         carry = _full_batch_segment(carry, jnp.asarray(limit), tol_arr, data, **statics)
         it, grad_inf = int(carry[0]), float(_inf_norm(carry[4]))
         if checkpoint_dir is not None:
-            _checkpoint.save_checkpoint(checkpoint_dir, it, carry, meta)
+            history = [float(v) for v in np.asarray(carry[5][: it + 1])]
+            _checkpoint.save_checkpoint(checkpoint_dir, it, carry[:5],
+                                        {"mode": "full_batch", "history": history})
         if callback is not None:
             callback({"iteration": it, "loss": float(carry[3]), "grad_norm": grad_inf, "max_iter": max_iter})
         if grad_inf <= tol or it >= max_iter or it < limit:

@@ -51,7 +51,7 @@ def test_float32_report_uses_float32_tolerances():
     report = jsoftmax.check_gradient(W, X, y)
     assert report.problem["dtype"] == "float32"
     assert report.passed, str(report)
-    assert all(row.tolerance == "rel <= 1e-05" for row in report.rows if row.step != "4")
+    assert all(row.tolerance == "scaled <= 1e-05" for row in report.rows if row.step != "4")
 
 
 def test_cli_verify_small_grid(capsys):
@@ -71,7 +71,7 @@ def test_cli_verify_json(capsys):
 
 def test_cli_verify_exit_code_is_one_on_failure(capsys, monkeypatch):
     def failing(*args, **kwargs):
-        row = _verify.CheckRow("3", "dR/dW", "jax.grad", 1.0, 1.0, "rel <= 1e-12", False)
+        row = _verify.CheckRow("3", "dR/dW", "jax.grad", 1.0, 1.0, 1.0, "scaled <= 1e-12", False)
         return [_verify.GradientReport({"dtype": "float64"}, (row,))]
 
     monkeypatch.setattr(_verify, "verify_grid", failing)

@@ -1,0 +1,352 @@
+"""``SoftmaxRegression``: a scikit-learn estimator backed by the analytic gradient.
+
+Objective (scikit-learn's ``LogisticRegression`` with the L2 penalty, so ``C`` means the same):
+
+.. math::
+
+    \\min_{W, b}\\; C \\sum_n s_n \\ell_n(W, b) + \\tfrac12 \\lVert W \\rVert^2
+
+which jsoftmax minimises in the equivalent scaled form ``risk(..., l2=1/(C Σ s))``. As in
+scikit-learn, a binary problem is the binomial model: one weight vector ``w`` (``coef_`` has
+shape (1, D)) with penalty ½‖w‖². It is fitted as the symmetric two-column softmax with the L2
+doubled, whose optimum has w₀ = −w₁ and the same objective value, and reported as
+``coef_ = w₁ − w₀``.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from . import _checkpoint
+from ._compat import enable_x64
+from ._risk import Params, _predict_kernel, _proba_kernel
+from ._train import fit
+
+SOLVERS = ("lbfgs", "adam", "sgd")
+MODEL_FORMAT = 1
+
+
+@functools.lru_cache(maxsize=32)
+def make_optimizer(solver: str, learning_rate: float) -> optax.GradientTransformation:
+    """The optax transformation for a solver name; cached so refits reuse compiled programs."""
+    if solver == "lbfgs":
+        return optax.lbfgs()
+    if solver == "adam":
+        return optax.adam(learning_rate)
+    if solver == "sgd":
+        return optax.sgd(learning_rate, momentum=0.9)
+    raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)} "
+                     "or pass an optax.GradientTransformation.")
+
+
+class SoftmaxRegression(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression fitted with Optax and jsoftmax's analytic gradient.
+
+    Parameters follow scikit-learn's ``LogisticRegression`` where they overlap.
+
+    Args:
+      C: inverse L2 strength, as in scikit-learn (objective C Σ sₙℓₙ + ½‖W‖²).
+      fit_intercept: learn a bias b (not penalised).
+      class_weight: None, a dict {class: weight}, or "balanced".
+      max_iter: iterations (full batch) or epochs (with ``batch_size``).
+      tol: stop when the largest gradient entry of the scaled objective is ≤ tol.
+      warm_start: start from the previous fit's coefficients when shapes allow.
+      solver: "lbfgs" (full batch), "adam", "sgd" (momentum 0.9), or any
+        ``optax.GradientTransformation``.
+      learning_rate: step size for "adam" and "sgd".
+      batch_size: minibatch size (not with "lbfgs"); None for full batch.
+      standardize: fit per-feature mean and scale on the training set, store them with the
+        model and apply them before every prediction.
+      dtype: "float64" (computed in a scoped x64 context) or "float32".
+      random_state: seed of the minibatch shuffles.
+
+    Attributes:
+      classes_, coef_ ((K, D), or (1, D) for binary), intercept_ ((K,) or (1,)),
+      n_features_in_, n_iter_ (shape (1,)), optimality_ (dict: grad_norm, n_iter,
+      converged, stop_reason, tol), loss_curve_, mean_ and scale_ (with ``standardize``).
+
+    Example:
+      >>> from sklearn.datasets import load_iris
+      >>> from jsoftmax import SoftmaxRegression
+      >>> X, y = load_iris(return_X_y=True)
+      >>> model = SoftmaxRegression(standardize=True).fit(X, y)
+      >>> model.optimality_["converged"], round(model.score(X, y), 2)
+      (True, 0.97)
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        *,
+        fit_intercept: bool = True,
+        class_weight: dict | str | None = None,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        warm_start: bool = False,
+        solver: str | optax.GradientTransformation = "lbfgs",
+        learning_rate: float = 0.01,
+        batch_size: int | None = None,
+        standardize: bool = False,
+        dtype: str = "float64",
+        random_state: int | None = None,
+    ):
+        self.C = C
+        self.fit_intercept = fit_intercept
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+        self.solver = solver
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.standardize = standardize
+        self.dtype = dtype
+        self.random_state = random_state
+
+    # --- fitting ------------------------------------------------------------------------
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        if isinstance(self.solver, str):
+            if self.solver == "lbfgs" and self.batch_size is not None:
+                raise ValueError("solver='lbfgs' is full-batch: set batch_size=None, or use "
+                                 "solver='adam' or 'sgd' for minibatches.")
+            return make_optimizer(self.solver, float(self.learning_rate))
+        if hasattr(self.solver, "init") and hasattr(self.solver, "update"):
+            return self.solver
+        raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)} "
+                         "or pass an optax.GradientTransformation.")
+
+    def _check_params(self) -> None:
+        if not (isinstance(self.C, numbers.Real) and self.C > 0 and np.isfinite(self.C)):
+            raise ValueError(f"`C` must be a positive finite number; got {self.C!r}.")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"`dtype` must be 'float64' or 'float32'; got {self.dtype!r}.")
+        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter > 0):
+            raise ValueError(f"`max_iter` must be a positive int; got {self.max_iter!r}.")
+        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
+            raise ValueError(f"`tol` must be a non-negative number; got {self.tol!r}.")
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any = None,
+        *,
+        callback=None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 1,
+        resume: bool = False,
+    ) -> SoftmaxRegression:
+        """Fit to features X (N, D) and labels y (N,) of any type; returns self.
+
+        ``callback``, ``checkpoint_dir``, ``checkpoint_every`` and ``resume`` are passed to
+        :func:`jsoftmax.fit` (progress reports; atomic checkpoints of the training state).
+        """
+        self._check_params()
+        optimizer = self._optimizer()
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=1)
+        check_classification_targets(y)
+        classes, y_ids = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"`y` needs samples of at least 2 classes; got 1 class: {classes[0]!r}."
+            )
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if np.any(sample_weight < 0):
+            raise ValueError("`sample_weight` must be non-negative.")
+        if self.class_weight is not None:
+            weights = compute_class_weight(self.class_weight, classes=classes, y=y)
+            sample_weight = sample_weight * weights[y_ids]
+        total = float(np.sum(sample_weight))
+        if total <= 0:
+            raise ValueError("`sample_weight` sums to 0: no sample counts.")
+
+        if self.standardize:
+            self.mean_ = X.mean(axis=0)
+            scale = X.std(axis=0)
+            self.scale_ = np.where(scale > 0, scale, 1.0)
+        Xs = self._transform(X)
+        n_classes, n_features = len(classes), X.shape[1]
+        binary = n_classes == 2
+        l2 = (2.0 if binary else 1.0) / (self.C * total)
+
+        warm = (
+            self.warm_start
+            and getattr(self, "_W", None) is not None
+            and self._W.shape == (n_features, n_classes)
+            and np.array_equal(getattr(self, "classes_", None), classes)
+        )
+        with enable_x64(self.dtype == "float64"):
+            dtype = jnp.dtype(self.dtype)
+            W0 = jnp.asarray(self._W if warm else np.zeros((n_features, n_classes)), dtype)
+            b0 = None
+            if self.fit_intercept:
+                b0 = jnp.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
+            minibatch = self.batch_size is not None
+            result = fit(
+                Params(W0, b0),
+                jnp.asarray(Xs, dtype),
+                jnp.asarray(y_ids, jnp.int32),
+                optimizer,
+                sample_weight=jnp.asarray(sample_weight, dtype),
+                l2=l2,
+                batch_size=self.batch_size,
+                max_iter=int(self.max_iter),
+                max_epochs=int(self.max_iter),
+                tol=float(self.tol),
+                seed=0 if self.random_state is None else int(self.random_state),
+                callback=callback,
+                callback_every=10,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+        self.classes_ = classes
+        self._W = np.asarray(result.params.W, np.float64)
+        self._b = None if result.params.b is None else np.asarray(result.params.b, np.float64)
+        self._set_public_coefficients()
+        self.n_iter_ = np.array([result.n_epochs if minibatch else result.n_iter])
+        self.optimality_ = {
+            "grad_norm": result.grad_norm,
+            "n_iter": result.n_iter,
+            "converged": result.converged,
+            "stop_reason": result.stop_reason,
+            "tol": float(self.tol),
+        }
+        self.loss_curve_ = result.history["loss"]
+        return self
+
+    def _set_public_coefficients(self) -> None:
+        W, b = self._W, self._b
+        if W.shape[1] == 2:  # binomial layout, as scikit-learn
+            self.coef_ = (W[:, 1] - W[:, 0])[None, :]
+            self.intercept_ = np.array([0.0 if b is None else b[1] - b[0]])
+        else:
+            self.coef_ = W.T.copy()
+            self.intercept_ = np.zeros(W.shape[1]) if b is None else b.copy()
+
+    def objective(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """scikit-learn's objective C Σ sₙℓₙ + ½‖coef_‖² at the fitted coefficients."""
+        check_is_fitted(self)
+        y = np.asarray(y)
+        ids = np.searchsorted(self.classes_, y)
+        log_p = self.predict_log_proba(X)
+        s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        return float(self.C * np.sum(s * -log_p[np.arange(len(y)), ids]) + 0.5 * np.sum(self.coef_**2))
+
+    # --- prediction ---------------------------------------------------------------------
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        if getattr(self, "mean_", None) is not None and self.standardize:
+            return (X - self.mean_) / self.scale_
+        return X
+
+    def _features(self, X: Any):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self._transform(X)
+
+    def _run(self, kernel, X):
+        Xs = self._features(X)
+        with enable_x64(self.dtype == "float64"):
+            dtype = jnp.dtype(self.dtype)
+            b = None if self._b is None else jnp.asarray(self._b, dtype)
+            return np.asarray(kernel(jnp.asarray(self._W, dtype), b, jnp.asarray(Xs, dtype)))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
+        Xs = self._features(X)
+        scores = Xs @ self.coef_.T + self.intercept_
+        return scores[:, 0] if len(self.classes_) == 2 else scores
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (N, K), columns in the order of ``classes_``."""
+        return self._run(_proba_kernel, X).astype(np.float64)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log class probabilities, computed stably from the scores."""
+        Xs = self._features(X)
+        z = Xs @ self._W + (0 if self._b is None else self._b)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class per row, as labels from ``classes_``."""
+        ids = self._run(_predict_kernel, X)  # checks fitted-ness first
+        return self.classes_[ids]
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Write the fitted model to ``path`` (npz + JSON metadata, no pickle), atomically."""
+        check_is_fitted(self)
+        classes = np.asarray(self.classes_)
+        if classes.dtype == object:
+            if not all(isinstance(c, str) for c in classes):
+                raise TypeError("only numeric or string class labels can be saved; got "
+                                f"{sorted({type(c).__name__ for c in classes})}.")
+            classes = classes.astype(str)
+        arrays = {"W": self._W, "classes": classes}
+        if self._b is not None:
+            arrays["b"] = self._b
+        if self.standardize:
+            arrays["mean"], arrays["scale"] = self.mean_, self.scale_
+        params = self.get_params()
+        if not isinstance(params["solver"], str):
+            params["solver"] = "lbfgs"  # a custom optax transformation cannot be stored
+        params["class_weight"] = None if self.class_weight is None else (
+            self.class_weight if isinstance(self.class_weight, str)
+            else {str(k): float(v) for k, v in self.class_weight.items()}
+        )
+        meta = {
+            "format": MODEL_FORMAT,
+            "estimator": type(self).__name__,
+            "params": params,
+            "n_features_in": int(self.n_features_in_),
+            "n_iter": int(self.n_iter_[0]),
+            "optimality": self.optimality_,
+        }
+        _checkpoint.atomic_save_npz(path, arrays, dict(meta, kind="model"))
+
+    @classmethod
+    def load(cls, path: str) -> SoftmaxRegression:
+        """Load a model written by :meth:`save`; never executes code from the file."""
+        arrays, meta = _checkpoint.load_npz(path, kind="model")
+        if meta.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{path}: unsupported model format {meta.get('format')!r} "
+                             f"(this jsoftmax reads format {MODEL_FORMAT}).")
+        try:
+            W, classes, d = arrays["W"], arrays["classes"], int(meta["n_features_in"])
+            params = dict(meta["params"])
+        except KeyError as err:
+            raise ValueError(f"{path}: model file is missing {err}.") from None
+        b = arrays.get("b")
+        if W.ndim != 2 or W.shape != (d, len(classes)) or (b is not None and b.shape != (len(classes),)):
+            raise ValueError(
+                f"{path}: inconsistent model: W {W.shape}, b {None if b is None else b.shape}, "
+                f"{len(classes)} classes, {d} features."
+            )
+        if isinstance(params.get("class_weight"), dict):
+            params["class_weight"] = None  # keys were stringified; weights only matter for fit
+        model = cls(**params)
+        model.classes_, model._W, model._b = classes, W.astype(np.float64), b
+        model.n_features_in_ = d
+        if model.standardize:
+            if "mean" not in arrays or arrays["mean"].shape != (d,) or arrays["scale"].shape != (d,):
+                raise ValueError(f"{path}: standardisation arrays missing or of the wrong shape.")
+            model.mean_, model.scale_ = arrays["mean"], arrays["scale"]
+        model._set_public_coefficients()
+        model.n_iter_ = np.array([int(meta.get("n_iter", 0))])
+        model.optimality_ = meta.get("optimality", {})
+        model.loss_curve_ = []
+        return model
