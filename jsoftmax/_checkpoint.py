@@ -95,6 +95,9 @@ _CKPT = re.compile(r"^ckpt-(\d{9})\.npz$")
 def save_checkpoint(folder: str | os.PathLike, step: int, state: Any, meta: dict[str, Any], keep: int = 2) -> Path:
     """Save the pytree ``state`` as checkpoint ``step`` in ``folder``; keep the last ``keep``."""
     folder = Path(folder)
+    if folder.is_dir():  # temporary files of a writer that was killed mid-write
+        for stale in folder.glob(".ckpt-*.tmp"):
+            stale.unlink(missing_ok=True)
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     path = atomic_save_npz(folder / f"ckpt-{step:09d}.npz", arrays, dict(meta, kind="checkpoint", step=step))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import zipfile
 import os
 import struct
 from pathlib import Path
@@ -129,7 +130,7 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise ValueError(f"{path}: missing array(s) {missing}; found {data.files}.")
             X, y = data["X"], data["y"]
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable .npz file: {err}") from None
     except ValueError as err:
         if str(path) in str(err):

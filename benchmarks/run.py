@@ -1,0 +1,41 @@
+"""Run benchmark suites and write JSON + markdown under benchmarks/results/.
+
+    python -m benchmarks.run                 # every suite at full size
+    python -m benchmarks.run --suite fit     # one suite
+    python -m benchmarks.run --quick         # smaller sizes (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import common
+
+SUITES = ("fit",)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(SUITES))
+    parser.add_argument("--quick", action="store_true", help="smaller problem sizes")
+    parser.add_argument("--tag", default=None, help="suffix for result files (default: the platform)")
+    args = parser.parse_args(argv)
+    info = common.machine()
+    tag = args.tag or info["platform"]
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    for name in args.suite:
+        suite = importlib.import_module(f"benchmarks.suite_{name}")
+        payload = suite.run(quick=args.quick)
+        payload.update(machine=info, command=command.strip(), quick=args.quick)
+        md = f"# Benchmark `{name}`\n\n" + common.stamp_markdown(info, command.strip()) + "\n" + suite.markdown(payload)
+        json_path, md_path = common.write_results(f"{name}-{tag}{'-quick' if args.quick else ''}", payload, md)
+        print(md)
+        print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
