@@ -13,7 +13,7 @@ import sys
 
 from . import common
 
-SUITES = ("fit",)
+SUITES = ("hot", "memory", "fit")
 
 
 def main(argv=None) -> int:
@@ -34,6 +34,12 @@ def main(argv=None) -> int:
         json_path, md_path = common.write_results(f"{name}-{tag}{'-quick' if args.quick else ''}", payload, md)
         print(md)
         print(f"wrote {json_path} and {md_path}")
+    if {"hot", "memory"} & set(args.suite):
+        from .plot import make_plot
+
+        png = make_plot(f"{tag}{'-quick' if args.quick else ''}")
+        if png:
+            print(f"wrote {png}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._estimator import SoftmaxRegression as SoftmaxRegression
+from ._linear_ce import linear_cross_entropy as linear_cross_entropy
 from ._risk import Params as Params
 from ._train import FitResult as FitResult
 from ._train import fit as fit
@@ -28,6 +29,7 @@ __all__ = [
     "SoftmaxRegression",
     "check_gradient",
     "fit",
+    "linear_cross_entropy",
     "predict",
     "predict_proba",
     "risk",

@@ -59,9 +59,11 @@ def _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts: Options, *, g
     """The risk and the requested analytic gradients (see :func:`jsoftmax._engine.evaluate`)."""
     acc = _validate.accumulation_dtype(X.dtype)
     coef = normalised_coef(labels, sample_weight, opts, acc)
-    chunk = opts.chunk_rows or _engine.choose_chunk_rows(X.shape[0], W.shape[1])
+    rows, classes = _engine.choose_chunks(X.shape[0], W.shape[1])
+    if opts.chunk_rows:
+        rows, classes = opts.chunk_rows, None
     return _engine.evaluate(W, b, X, labels, coef, l2, smoothing, 0.0, opts, grad_W=grad_W,
-                            grad_X=grad_X, rows_out=rows_out, chunk_rows=chunk)
+                            grad_X=grad_X, rows_out=rows_out, chunk_rows=rows, class_chunk=classes)
 
 
 @partial(jax.jit, static_argnames=("opts",))
@@ -199,8 +201,8 @@ def risk(
       ignore_index: integer label that marks a row to leave out of the sum and the count.
       check_values: validate label ranges, probability rows, finiteness of X and weights
         (eagerly for concrete data, at run time under ``jit``); see ``jsoftmax._validate``.
-      chunk_rows: rows of scores live at a time (static). Default: a power of two chosen so
-        one f32 (rows, K) block is about 4 MiB, which also ran fastest on CPU.
+      chunk_rows: rows of scores live at a time (static). Default: the measured rule of
+        :func:`jsoftmax._engine.choose_chunk_rows` (≥ 1024 rows, ≤ 128 MiB of f32 scores).
 
     Returns:
       The scalar risk, float32 for 16-bit inputs, else the dtype of ``X``.

@@ -1,0 +1,188 @@
+"""linear_cross_entropy: chunked vs the reference at three precisions, inside models, bad input."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jsoftmax
+from jsoftmax._compat import enable_x64
+from jsoftmax._engine import choose_chunks
+
+from .helpers import RTOL, assert_normwise_close
+
+
+def problem(n, d, k, *, seed=0, dtype=jnp.float64, soft=False, ignore=True):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((n, d)), dtype)
+    w = jnp.asarray(rng.standard_normal((d, k)) / np.sqrt(d), dtype)
+    b = jnp.asarray(rng.standard_normal(k) * 0.1, dtype)
+    if soft:
+        p = rng.dirichlet(np.ones(k), size=n)
+        y = jnp.asarray(p, dtype)
+    else:
+        y = jnp.asarray(rng.integers(0, k, n), jnp.int32)
+        if ignore:
+            y = y.at[::5].set(-100)
+    return x, w, b, y
+
+
+def loss_and_grads(x, w, b, y, reduction, **kwargs):
+    n = x.shape[0]
+    weights = jnp.arange(1.0, n + 1.0, dtype=jnp.float32)  # a non-trivial per-row cotangent
+
+    def f(x, w, b):
+        out = jsoftmax.linear_cross_entropy(x, w, y, bias=b, reduction=reduction, **kwargs)
+        return jnp.sum(out * weights) if reduction == "none" else out
+
+    return jax.value_and_grad(f, argnums=(0, 1, 2))(x, w, b)
+
+
+CHUNKINGS = [dict(chunk_size=8), dict(chunk_size=8, class_chunk_size=5),
+             dict(chunk_size=64, class_chunk_size=7), dict()]
+OPTIONS = [dict(), dict(label_smoothing=0.15), dict(z_loss=1e-2), dict(label_smoothing=0.2, z_loss=0.1)]
+
+
+@pytest.mark.parametrize(("reduction", "options", "chunking"),
+                         list(itertools.product(["mean", "sum", "none"], OPTIONS, CHUNKINGS)))
+def test_chunked_matches_reference_float64(x64, reduction, options, chunking):
+    x, w, b, y = problem(37, 6, 23, seed=1)
+    got = loss_and_grads(x, w, b, y, reduction, implementation="chunked", **options, **chunking)
+    want = loss_and_grads(x, w, b, y, reduction, implementation="reference", **options)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+    for g, r, name in zip(got[1], want[1], "xwb"):
+        assert_normwise_close(g, r, 1e-12, name)
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_soft_labels_float64(x64, chunking):
+    x, w, b, y = problem(29, 5, 11, seed=2, soft=True)
+    got = loss_and_grads(x, w, b, y, "mean", implementation="chunked", label_smoothing=0.1, **chunking)
+    want = loss_and_grads(x, w, b, y, "mean", implementation="reference", label_smoothing=0.1)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+    for g, r in zip(got[1], want[1]):
+        assert_normwise_close(g, r, 1e-12)
+
+
+def test_reference_is_the_plain_definition(x64):
+    x, w, b, y = problem(20, 4, 7, seed=3)
+    z = x @ w + b
+    keep = np.asarray(y) != -100
+    rows = -jnp.take_along_axis(jax.nn.log_softmax(z), jnp.where(keep, y, 0)[:, None], 1)[:, 0]
+    expected = jnp.sum(jnp.where(keep, rows, 0)) / keep.sum()
+    got = jsoftmax.linear_cross_entropy(x, w, y, bias=b, implementation="reference")
+    np.testing.assert_allclose(got, expected, rtol=1e-13)
+    per_row = jsoftmax.linear_cross_entropy(x, w, y, bias=b, reduction="none")
+    np.testing.assert_allclose(per_row, jnp.where(keep, rows, 0), rtol=1e-12, atol=1e-15)
+    assert float(jnp.max(jnp.abs(per_row[~keep]))) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("chunking", [dict(chunk_size=48), dict(chunk_size=48, class_chunk_size=100)])
+def test_low_precision_against_float64(dtype, chunking):
+    x, w, b, y = problem(200, 64, 300, seed=4, dtype=dtype)
+    value, grads = loss_and_grads(x, w, b, y, "mean", z_loss=1e-3, **chunking)
+    assert value.dtype == jnp.float32 and [g.dtype for g in grads] == [dtype] * 3
+    with enable_x64():
+        c = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+        ref_value, ref = loss_and_grads(c(x), c(w), c(b), y, "mean", z_loss=1e-3, implementation="reference")
+    np.testing.assert_allclose(float(value), float(ref_value), rtol=RTOL[dtype])
+    for g, r, name in zip(grads, ref, "xwb"):
+        assert_normwise_close(g, r, RTOL[dtype], name)
+
+
+def test_two_layer_model_head(x64):
+    # h = tanh(x A + c); loss = linear_cross_entropy(h, W, y, bias=b). Every parameter's gradient
+    # through the op must equal jax.grad of the plain composite.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((40, 8)))
+    y = jnp.asarray(rng.integers(0, 13, 40))
+    params = {"A": jnp.asarray(rng.standard_normal((8, 6)) / 3), "c": jnp.asarray(rng.standard_normal(6)),
+              "W": jnp.asarray(rng.standard_normal((6, 13)) / 3), "b": jnp.asarray(rng.standard_normal(13))}
+
+    def model(p, implementation):
+        h = jnp.tanh(x @ p["A"] + p["c"])
+        if implementation == "plain":
+            z = h @ p["W"] + p["b"]
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], 1))
+        return jsoftmax.linear_cross_entropy(h, p["W"], y, bias=p["b"], chunk_size=16, class_chunk_size=4)
+
+    got = jax.jit(jax.grad(model), static_argnums=1)(params, "op")
+    want = jax.grad(model)(params, "plain")
+    for name in params:
+        assert_normwise_close(got[name], want[name], 1e-12, name)
+
+
+def test_vmap_jit_and_return_lse(x64):
+    x, w, b, y = problem(16, 4, 9, seed=6, ignore=False)
+    batch = jnp.stack([x, 2 * x, -x])
+    fn = jax.jit(jax.vmap(lambda x: jsoftmax.linear_cross_entropy(x, w, y, chunk_size=4)))
+    expected = jnp.stack([jsoftmax.linear_cross_entropy(xi, w, y, implementation="reference") for xi in batch])
+    np.testing.assert_allclose(fn(batch), expected, rtol=1e-12)
+    grads = jax.vmap(jax.grad(lambda x: jsoftmax.linear_cross_entropy(x, w, y, chunk_size=4)))(batch)
+    ref = jax.vmap(jax.grad(lambda x: jsoftmax.linear_cross_entropy(x, w, y, implementation="reference")))(batch)
+    assert_normwise_close(grads, ref, 1e-12)
+    loss, lse = jsoftmax.linear_cross_entropy(x, w, y, bias=b, return_lse=True, chunk_size=4, class_chunk_size=2)
+    np.testing.assert_allclose(lse, jax.nn.logsumexp(x @ w + b, axis=1), rtol=1e-13)
+    # The loss of a (loss, lse) call is still differentiable; the lse itself is not.
+    g = jax.grad(lambda w: jsoftmax.linear_cross_entropy(x, w, y, return_lse=True)[0])(w)
+    assert_normwise_close(g, jax.grad(lambda w: jsoftmax.linear_cross_entropy(x, w, y))(w), 1e-13)
+    with pytest.raises(TypeError, match="auxiliary output"):
+        jax.grad(lambda w: jnp.sum(jsoftmax.linear_cross_entropy(x, w, y, return_lse=True)[1]))(w)
+
+
+def test_chunked_uses_less_scratch_than_the_materialised_logits():
+    # memory_analysis() is exact and deterministic: a property of the compiled program.
+    x, w, b, y = problem(4096, 64, 4000, dtype=jnp.float32, ignore=False)
+
+    def temp(implementation, **kwargs):
+        f = jax.jit(jax.value_and_grad(
+            lambda x, w: jsoftmax.linear_cross_entropy(x, w, y, implementation=implementation,
+                                                       check_values=False, **kwargs), argnums=(0, 1)))
+        return f.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+
+    logits_bytes = 4096 * 4000 * 4
+    chunked, reference = temp("chunked", chunk_size=256), temp("reference")
+    assert reference >= logits_bytes
+    assert chunked <= reference / 4, (chunked, reference)
+
+
+def test_chunk_rule():
+    assert choose_chunks(8192, 1000) == (1024, None)
+    assert choose_chunks(4096, 32000) == (1024, None)
+    assert choose_chunks(16384, 128256) == (256, None)
+    rows, classes = choose_chunks(4096, 1_000_000)
+    assert rows == 256 and classes is not None and rows * classes * 4 <= 128 * 2**20
+    assert choose_chunks(100, 1000) == (100, None)
+    assert choose_chunks(8192, 1000, budget_bytes=2**20)[0] * 1000 * 4 <= 2**20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        (dict(reduction="avg"), ValueError, r"`reduction` must be one of 'mean', 'sum', 'none'; got 'avg'"),
+        (dict(implementation="triton"), ValueError, r"`implementation` must be one of 'auto', 'chunked', 'reference'"),
+        (dict(chunk_size=0), ValueError, r"`chunk_size` must be a positive int or None; got 0"),
+        (dict(class_chunk_size=-4), ValueError, r"`class_chunk_size` must be a positive int or None; got -4"),
+        (dict(chunk_size=2.5), TypeError, r"`chunk_size` must be a positive int or None"),
+        (dict(z_loss=-1e-4), ValueError, r"`z_loss` must lie in \[0.0, inf\)"),
+        (dict(label_smoothing=1.5), ValueError, r"`label_smoothing` must lie in \[0.0, 1.0\)"),
+        (dict(bias=jnp.zeros(4)), ValueError, r"`params.b` must have shape \(n_classes,\) = \(5,\)"),
+    ],
+)
+def test_bad_options(kwargs, error, pattern):
+    x, w, _, y = problem(6, 3, 5, dtype=jnp.float32, ignore=False)
+    with pytest.raises(error, match=pattern):
+        jsoftmax.linear_cross_entropy(x, w, y, **kwargs)
+
+
+def test_bad_shapes_and_labels():
+    x, w, _, y = problem(6, 3, 5, dtype=jnp.float32, ignore=False)
+    with pytest.raises(ValueError, match=r"`params.W` must have shape .* \(3, K\) .* got \(4, 5\)"):
+        jsoftmax.linear_cross_entropy(x, jnp.zeros((4, 5)), y)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(n_samples,\) = \(6,\)"):
+        jsoftmax.linear_cross_entropy(x, w, y[:4])
+    with pytest.raises(ValueError, match=r"class ids in \[0, 5\)"):
+        jsoftmax.linear_cross_entropy(x, w, y.at[0].set(5))
