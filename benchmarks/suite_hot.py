@@ -79,7 +79,8 @@ def markdown(payload: dict) -> str:
     out = ["## Hot path: loss and gradients w.r.t. x and w\n",
            "Ratios are to the floor (the matrix products alone) measured in the same run; "
            "temp is XLA's `memory_analysis()` of the compiled program; peak is the growth of the "
-           "peak RSS (or the device peak) over one run in a fresh process.\n"]
+           "process RSS (sampled every ms; temps plus outputs) over three runs in a fresh process, or "
+           "the device peak on a GPU.\n"]
     headers = ["shape (N, D, K, dtype)", "mode", "variant", "median", "min–max", "× floor", "compile",
                "temp", "peak"]
     rows = []

@@ -12,6 +12,7 @@ from ._risk import predict_proba as predict_proba
 from ._risk import risk as risk
 from ._risk import risk_grad as risk_grad
 from ._risk import value_and_grad as value_and_grad
+from ._sharding import shard_arrays as shard_arrays
 from ._verify import CheckRow as CheckRow
 from ._verify import GradientReport as GradientReport
 from ._verify import check_gradient as check_gradient
@@ -34,5 +35,6 @@ __all__ = [
     "predict_proba",
     "risk",
     "risk_grad",
+    "shard_arrays",
     "value_and_grad",
 ]

@@ -48,6 +48,10 @@ class Options:
     l2: bool = False  # an L2 penalty is non-zero (or traced)
     z_loss: bool = False  # a z-loss coefficient is non-zero (or traced)
     chunk_rows: int | None = None  # rows per chunk; None: choose_chunk_rows
+    # Sharding (see _sharding.py): a jax.sharding.Mesh and the axes rows / classes are split over.
+    mesh: object = None
+    data_axis: str | None = None
+    class_axis: str | None = None
 
 
 class BlockTerms(NamedTuple):
@@ -122,7 +126,8 @@ def _pow2_floor(value: int) -> int:
     return 2 ** int(math.log2(max(value, 1)))
 
 
-def block_terms(z, labels, coef, eps, zeta, opts: Options, *, need_dz: bool, lse=None) -> BlockTerms:
+def block_terms(z, labels, coef, eps, zeta, opts: Options, *, need_dz: bool, lse=None,
+                class_offset=None) -> BlockTerms:
     """Loss, log-sum-exp and (optionally) the score gradient of one block of rows.
 
     Args:
@@ -131,29 +136,44 @@ def block_terms(z, labels, coef, eps, zeta, opts: Options, *, need_dz: bool, lse
       coef: (n,) row coefficients c_n (0 on rows that do not count).
       eps: label smoothing (used when ``opts.smoothing``); zeta: z-loss (when ``opts.z_loss``).
       lse: (n,) log-sum-exp if already known (the recompute backward); computed otherwise.
+      class_offset: inside ``shard_map`` with ``opts.class_axis``: z holds classes
+        [offset, offset + K_local) of this device; every reduction over classes is then
+        completed across the class axis (pmax for the max, psum for the sums).
     """
-    k = z.shape[-1]
+    axis = opts.class_axis if class_offset is not None else None
+    k_local = z.shape[-1]
+    k = k_local * (lax.axis_size(axis) if axis else 1)
+
+    def class_sum(v):
+        return lax.psum(v, axis) if axis else v
+
     if lse is None:
-        m = lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+        m = jnp.max(z, axis=-1, keepdims=True)
+        if axis:
+            m = lax.pmax(m, axis)
+        m = lax.stop_gradient(m)
         e = jnp.exp(z - m)
-        s = jnp.sum(e, axis=-1, keepdims=True)
+        s = class_sum(jnp.sum(e, axis=-1, keepdims=True))
         lse = (m + jnp.log(s))[:, 0]
         p = e / s if need_dz else None
     else:
         p = jnp.exp(z - lse[:, None]) if need_dz else None
+    offset = 0 if class_offset is None else class_offset
     if opts.soft:
         y = labels.astype(z.dtype)
-        y_sum = jnp.sum(y, axis=-1)
-        z_y = jnp.sum(y * z, axis=-1)
+        y_sum = class_sum(jnp.sum(y, axis=-1))
+        z_y = class_sum(jnp.sum(y * z, axis=-1))
     else:
         # A gather of N scores, not a one-hot product: O(N) work and memory.
-        z_y = jnp.take_along_axis(z, jnp.clip(labels, 0, k - 1)[:, None], axis=-1)[:, 0]
+        local = labels - offset
+        picked = jnp.take_along_axis(z, jnp.clip(local, 0, k_local - 1)[:, None], axis=-1)[:, 0]
+        z_y = class_sum(jnp.where((local >= 0) & (local < k_local), picked, 0)) if axis else picked
         y_sum = None  # one-hot rows sum to one
     if opts.smoothing:
         eps = jnp.asarray(eps, z.dtype)
         # Smoothed one-hot rows still sum to one; probability rows keep their own sum.
         t_sum = None if y_sum is None else (1 - eps) * y_sum + eps
-        t_z = (1 - eps) * z_y + eps * jnp.mean(z, axis=-1)
+        t_z = (1 - eps) * z_y + eps * class_sum(jnp.sum(z, axis=-1)) / k
     else:
         t_sum, t_z = y_sum, z_y
     loss = lse * (1 if t_sum is None else t_sum) - t_z
@@ -169,7 +189,7 @@ def block_terms(z, labels, coef, eps, zeta, opts: Options, *, need_dz: bool, lse
     if opts.soft:
         target = y
     else:
-        target = labels[:, None] == lax.broadcasted_iota(labels.dtype, z.shape, 1)
+        target = labels[:, None] == lax.broadcasted_iota(labels.dtype, z.shape, 1) + offset
     if opts.smoothing:
         target = (1 - eps) * target + eps / k
     dz = coef[:, None] * (p_scaled - target)
@@ -196,7 +216,8 @@ def _row_target(labels, opts: Options, eps, k: int, start, width: int, dtype):
 def _full_class_block(sums, x, y, cf, lse_in, ctx):
     """One row block with all K classes at once: the (rows, K) scores are materialised."""
     W, b, eps, zeta, opts, flags = ctx
-    terms = block_terms(scores(W, b, x), y, cf, eps, zeta, opts, need_dz=flags["need_dz"], lse=lse_in)
+    terms = block_terms(scores(W, b, x), y, cf, eps, zeta, opts, need_dz=flags["need_dz"], lse=lse_in,
+                        class_offset=flags["class_offset"])
     sums = dict(sums)
     sums["value"] = sums["value"] + jnp.sum(cf * jnp.where(cf != 0, terms.loss, 0))
     rows = {}
@@ -309,7 +330,7 @@ def _class_chunked_block(sums, x, y, cf, lse_in, ctx):
 def evaluate(
     W, b, X, labels, coef, l2, eps, zeta, opts: Options, *,
     grad_W: bool, grad_X: bool, rows_out: bool = False, chunk_rows: int | None = None,
-    class_chunk: int | None = None, lse=None,
+    class_chunk: int | None = None, lse=None, class_offset=None,
 ) -> Evaluation:
     """Risk-like sum ``sum_n c_n l_n`` and the requested analytic gradients, by row chunks.
 
@@ -323,7 +344,10 @@ def evaluate(
     acc = accumulation_dtype(X.dtype)
     c = n if chunk_rows is None else max(1, min(int(chunk_rows), n))
     flags = {"need_dz": grad_W or grad_X, "grad_W": grad_W, "grad_X": grad_X, "rows_out": rows_out,
-             "class_chunk": class_chunk}
+             "class_chunk": class_chunk, "class_offset": class_offset}
+    if class_offset is not None and class_chunk is not None and class_chunk < k:
+        raise ValueError("class blocks and a class-sharded mesh axis cannot be combined; the mesh "
+                         "already splits the classes (pass class_chunk_size=None).")
     ctx = (W, b, eps, zeta, opts, flags)
     block = _full_class_block if class_chunk is None or class_chunk >= k else _class_chunked_block
     sliced = (X, labels, coef) + ((lse,) if lse is not None else ())

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from . import _engine, _validate
+from . import _engine, _sharding, _validate
 from ._engine import Options, choose_chunks
 from ._reference import reference_targets
 from ._risk import Params
@@ -69,8 +69,8 @@ def _coefficients(labels, cfg: _Config, dtype):
 
 
 def _run(x, w, b, labels, eps, zeta, cfg: _Config, coef, **kwargs):
-    return _engine.evaluate(w, b, x, labels, coef, 0.0, eps, zeta, cfg.opts,
-                            chunk_rows=cfg.chunk_rows, class_chunk=cfg.class_chunk, **kwargs)
+    return _sharding.run_evaluate(w, b, x, labels, coef, 0.0, eps, zeta, cfg.opts,
+                                  chunk_rows=cfg.chunk_rows, class_chunk=cfg.class_chunk, **kwargs)
 
 
 # --- chunked op with a custom VJP ---------------------------------------------------------
@@ -194,6 +194,9 @@ def linear_cross_entropy(
     class_chunk_size: int | None = None,
     return_lse: bool = False,
     check_values: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     r"""Cross-entropy of the linear head ``x @ w + bias`` without materialising the logits.
 
@@ -209,6 +212,8 @@ def linear_cross_entropy(
         Default: a rule from measured block sizes within a 128 MiB budget (:func:`choose_chunks`).
       return_lse: also return the (N,) log-sum-exp (auxiliary; not differentiated).
       check_values: label-range and finiteness checks (see :func:`jsoftmax.risk`).
+      mesh, data_axis, class_axis: shard rows over ``data_axis`` and W's columns over
+        ``class_axis`` of a ``jax.sharding.Mesh`` (chunked implementation only).
 
     Returns:
       The loss (a scalar, or (N,) with ``reduction="none"``), float32 for 16-bit inputs;
@@ -232,18 +237,30 @@ def linear_cross_entropy(
     class_chunk_size = _validate.check_chunk(class_chunk_size, "class_chunk_size")
     _validate._check_scalar(z_loss, "z_loss", low=0.0, high=None)
     problem = _validate.prepare_problem(Params(w, bias), x, labels, None, 0.0, label_smoothing, ignore_index)
+    _sharding.check_mesh(mesh, data_axis, class_axis, problem.X.shape[0], problem.W.shape[1])
+    placed = _sharding.place_inputs(mesh, data_axis, class_axis, problem.W, problem.b, problem.X,
+                                    problem.labels, None)
+    problem = problem._replace(**dict(zip(("W", "b", "X", "labels"), placed[:4])))
     if check_values:
         _validate.check_values(problem, ignore_index)
     w, bias, x, labels, _, soft = problem
     n, k = x.shape[0], w.shape[1]
+    if mesh is not None:
+        if implementation == "reference":
+            raise ValueError("`mesh` needs implementation='chunked' or 'auto'.")
+        if class_axis is not None and class_chunk_size is not None:
+            raise ValueError("`class_chunk_size` cannot be combined with `class_axis`: the mesh splits the classes.")
+        n //= mesh.shape[data_axis] if data_axis else 1
+        k //= mesh.shape[class_axis] if class_axis else 1
     auto_rows, auto_classes = choose_chunks(n, k)
     cfg = _Config(
         opts=Options(soft=soft, ignore_index=int(ignore_index),
-                     smoothing=_validate.is_active(label_smoothing), z_loss=_validate.is_active(z_loss)),
+                     smoothing=_validate.is_active(label_smoothing), z_loss=_validate.is_active(z_loss),
+                     mesh=_sharding.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis),
         reduction=reduction,
         chunk_rows=min(chunk_size or auto_rows, n),
-        class_chunk=class_chunk_size if class_chunk_size is not None else (
-            auto_classes if chunk_size is None else None),
+        class_chunk=None if class_axis is not None else (
+            class_chunk_size if class_chunk_size is not None else (auto_classes if chunk_size is None else None)),
         return_lse=bool(return_lse),
     )
     fn = _reference if implementation == "reference" else _chunked_jit

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _engine, _validate
+from . import _engine, _sharding, _validate
 from ._engine import Options
 from ._validate import is_active
 
@@ -62,8 +62,15 @@ def _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts: Options, *, g
     rows, classes = _engine.choose_chunks(X.shape[0], W.shape[1])
     if opts.chunk_rows:
         rows, classes = opts.chunk_rows, None
-    return _engine.evaluate(W, b, X, labels, coef, l2, smoothing, 0.0, opts, grad_W=grad_W,
-                            grad_X=grad_X, rows_out=rows_out, chunk_rows=rows, class_chunk=classes)
+    if opts.mesh is not None:
+        rows = opts.chunk_rows or _engine.choose_chunk_rows(X.shape[0] // _data_devices(opts), W.shape[1])
+        classes = None
+    return _sharding.run_evaluate(W, b, X, labels, coef, l2, smoothing, 0.0, opts, grad_W=grad_W,
+                                  grad_X=grad_X, rows_out=rows_out, chunk_rows=rows, class_chunk=classes)
+
+
+def _data_devices(opts: Options) -> int:
+    return opts.mesh.shape[opts.data_axis] if opts.data_axis else 1
 
 
 @partial(jax.jit, static_argnames=("opts",))
@@ -147,10 +154,14 @@ _risk_jit = jax.jit(_risk_value, static_argnums=(7,))
 
 
 def _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values,
-           chunk_rows):
+           chunk_rows, mesh=None, data_axis=None, class_axis=None):
     problem = _validate.prepare_problem(
         params, X, labels, sample_weight, l2, label_smoothing, ignore_index
     )
+    _sharding.check_mesh(mesh, data_axis, class_axis, problem.X.shape[0], problem.W.shape[1])
+    placed = _sharding.place_inputs(mesh, data_axis, class_axis, problem.W, problem.b, problem.X,
+                                    problem.labels, problem.sample_weight)
+    problem = problem._replace(**dict(zip(("W", "b", "X", "labels", "sample_weight"), placed)))
     if check_values:
         _validate.check_values(problem, ignore_index)
     opts = Options(
@@ -159,6 +170,9 @@ def _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, 
         smoothing=is_active(label_smoothing),
         l2=is_active(l2),
         chunk_rows=_validate.check_chunk(chunk_rows, "chunk_rows"),
+        mesh=_sharding.auto_mesh(mesh),
+        data_axis=data_axis,
+        class_axis=class_axis,
     )
     return problem, opts
 
@@ -179,6 +193,9 @@ def risk(
     ignore_index: int = -100,
     check_values: bool = True,
     chunk_rows: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
 ) -> jax.Array:
     r"""Cross-entropy risk of softmax regression.
 
@@ -203,6 +220,8 @@ def risk(
         (eagerly for concrete data, at run time under ``jit``); see ``jsoftmax._validate``.
       chunk_rows: rows of scores live at a time (static). Default: the measured rule of
         :func:`jsoftmax._engine.choose_chunk_rows` (≥ 1024 rows, ≤ 128 MiB of f32 scores).
+      mesh, data_axis, class_axis: run sharded over a ``jax.sharding.Mesh``: rows over
+        ``data_axis``, W's columns over ``class_axis`` (either or both; see ``_sharding``).
 
     Returns:
       The scalar risk, float32 for 16-bit inputs, else the dtype of ``X``.
@@ -214,7 +233,7 @@ def risk(
       1.0986123...
     """
     problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
-                           check_values, chunk_rows)
+                           check_values, chunk_rows, mesh, data_axis, class_axis)
     W, b, X, labels, sample_weight, _ = problem
     return _risk_jit(W, b, X, labels, sample_weight, l2, label_smoothing, opts)
 
@@ -230,6 +249,9 @@ def value_and_grad(
     ignore_index: int = -100,
     check_values: bool = True,
     chunk_rows: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
 ) -> tuple[jax.Array, Params | jax.Array]:
     r"""The risk and its analytic gradient in one pass that shares the softmax.
 
@@ -254,7 +276,7 @@ def value_and_grad(
       Array([-0.16666..., 0.33333..., -0.16666...], dtype=float32)
     """
     problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
-                           check_values, chunk_rows)
+                           check_values, chunk_rows, mesh, data_axis, class_axis)
     W, b, X, labels, sample_weight, _ = problem
     value, gW, gb = _value_and_grad_kernel(W, b, X, labels, sample_weight, l2, label_smoothing, opts)
     return value, _pack(params, gW, gb)

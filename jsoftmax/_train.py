@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import _checkpoint, _risk, _validate
+from . import _checkpoint, _risk, _sharding, _validate
 from ._engine import Options
 from ._risk import Params
 
@@ -207,6 +207,9 @@ def fit(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
 ) -> FitResult:
     r"""Minimise :func:`jsoftmax.risk` with an Optax optimizer and the analytic gradient.
 
@@ -227,6 +230,9 @@ def fit(
       checkpoint_dir: save the full training state atomically every ``checkpoint_every``
         epochs (minibatch) or iterations (full batch); ``resume=True`` continues from the
         newest checkpoint there (``FileNotFoundError`` if there is none).
+      mesh, data_axis, class_axis: train sharded over a ``jax.sharding.Mesh``: rows over
+        ``data_axis`` (each step's gradient is all-reduced), W's columns over ``class_axis``.
+        Works across processes after ``jax.distributed.initialize`` with global arrays.
 
     Returns:
       A :class:`FitResult`.
@@ -241,6 +247,10 @@ def fit(
       (True, 'gtol')
     """
     problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing, ignore_index)
+    _sharding.check_mesh(mesh, data_axis, class_axis, problem.X.shape[0], problem.W.shape[1])
+    placed = _sharding.place_inputs(mesh, data_axis, class_axis, problem.W, problem.b, problem.X,
+                                    problem.labels, problem.sample_weight)
+    problem = problem._replace(**dict(zip(("W", "b", "X", "labels", "sample_weight"), placed)))
     _validate.check_values(problem, ignore_index)
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
@@ -258,8 +268,12 @@ def fit(
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
 
     W, b, X, labels, sample_weight, soft = problem
+    if mesh is not None and batch_size is not None and data_axis is not None and batch_size % mesh.shape[data_axis]:
+        raise ValueError(f"`batch_size`={batch_size} must be a multiple of the {data_axis!r} axis size "
+                         f"{mesh.shape[data_axis]}.")
     opts = Options(soft=soft, ignore_index=int(ignore_index),
-                   smoothing=_validate.is_active(label_smoothing), l2=_validate.is_active(l2))
+                   smoothing=_validate.is_active(label_smoothing), l2=_validate.is_active(l2),
+                   mesh=_sharding.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis)
     data = (X, labels, sample_weight, l2, label_smoothing)
     start = Params(W, b)
     validation = None

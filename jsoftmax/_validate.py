@@ -231,10 +231,12 @@ def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
         counted = labels != ignore_index
         bad_row = counted & ((labels < 0) | (labels >= n_classes))
     summary["n_bad_rows"] = jnp.sum(bad_row)
-    summary["first_bad_row"] = jnp.argmax(bad_row)
-    summary["first_bad_value"] = (
-        jnp.sum(labels[jnp.argmax(bad_row)]) if soft else labels[jnp.argmax(bad_row)]
-    )
+    first = jnp.argmax(bad_row)
+    # Reductions, not indexing: they work for inputs of any sharding.
+    at_first = (jnp.arange(n) == first)
+    row_value = jnp.sum(labels.astype(jnp.float32), axis=1) if soft else labels
+    summary["first_bad_row"] = first
+    summary["first_bad_value"] = jnp.sum(jnp.where(at_first, row_value, 0))
     if sample_weight is None:
         summary["weights_ok"] = jnp.array(True)
         summary["total_weight"] = jnp.sum(counted).astype(jnp.float32)

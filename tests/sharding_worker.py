@@ -1,0 +1,143 @@
+"""Run in a subprocess with 8 forced host devices by tests/test_sharding.py; prints JSON.
+
+Not collected by pytest (no test_ prefix). Every figure is computed here and judged there.
+"""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jsoftmax  # noqa: E402
+from jsoftmax._compat import enable_x64  # noqa: E402
+
+MODES = {"data": ("data", None), "class": (None, "model"), "2d": ("data", "model")}
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def problem(dtype, n=64, d=6, k=8, soft=False):
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.standard_normal((n, d)), dtype)
+    W = jnp.asarray(rng.standard_normal((d, k)) / 2, dtype)
+    b = jnp.asarray(rng.standard_normal(k), dtype)
+    if soft:
+        y = jnp.asarray(rng.dirichlet(np.ones(k), n), dtype)
+    else:
+        y = jnp.asarray(rng.integers(0, k, n), jnp.int32).at[::7].set(-100)
+    return X, W, b, y
+
+
+def accuracy(mesh, dtype, soft):
+    X, W, b, y = problem(dtype, soft=soft)
+    p = jsoftmax.Params(W, b)
+    kw = dict(l2=0.1, label_smoothing=0.1)
+    v0, g0 = jsoftmax.value_and_grad(p, X, y, **kw)
+    gx0 = jax.grad(lambda X: jsoftmax.risk(p, X, y, **kw))(X)
+    l0, lg0 = jax.value_and_grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, bias=b, z_loss=1e-2), (0, 1))(X, W)
+    n0 = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none").sum(), (0, 1))(X, W)
+    f0 = jsoftmax.fit(p, X, y, optax.lbfgs(), l2=0.1, max_iter=5, tol=0.0)
+    out = {}
+    for mode, (da, ca) in MODES.items():
+        sh = dict(mesh=mesh, data_axis=da, class_axis=ca)
+        v, g = jsoftmax.value_and_grad(p, X, y, **kw, **sh)
+        gx = jax.grad(lambda X: jsoftmax.risk(p, X, y, **kw, **sh))(X)
+        l, lg = jax.value_and_grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, bias=b, z_loss=1e-2, **sh), (0, 1))(X, W)
+        n = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none", **sh).sum(), (0, 1))(X, W)
+        f = jsoftmax.fit(p, X, y, optax.lbfgs(), l2=0.1, max_iter=5, tol=0.0, **sh)
+        out[mode] = {
+            "risk": rel(v, v0), "dW": rel(g.W, g0.W), "db": rel(g.b, g0.b), "dX": rel(gx, gx0),
+            "lce": rel(l, l0), "lce_dX": rel(lg[0], lg0[0]), "lce_dW": rel(lg[1], lg0[1]),
+            "lce_none_dX": rel(n[0], n0[0]), "lce_none_dW": rel(n[1], n0[1]),
+            "fit_W": rel(f.params.W, f0.params.W), "fit_iters": [f.n_iter, f0.n_iter],
+            "grad_W_spec": list(g.W.sharding.spec),
+        }
+    return out
+
+
+def collectives(mesh):
+    X, W, b, y = problem(jnp.float32, n=64, d=16, k=64)
+    out = {}
+    for mode, (da, ca) in MODES.items():
+        fn = jax.jit(lambda W, b, X: jsoftmax.value_and_grad(jsoftmax.Params(W, b), X, y, check_values=False,
+                                                              mesh=mesh, data_axis=da, class_axis=ca))
+        hlo = fn.lower(W, b, X).compile().as_text()
+        gathers = [line for line in hlo.splitlines() if "all-gather(" in line or "all-gather-start(" in line]
+        out[mode] = {
+            "all_reduce": hlo.count("all-reduce(") + hlo.count("all-reduce-start("),
+            "all_gather_of_W": any("f32[16,64]" in line.split("=")[0] for line in gathers),
+            "all_gather": len(gathers),
+        }
+    return out
+
+
+def memory(mesh):
+    X, W, b, y = problem(jnp.float32, n=64, d=64, k=8192)
+    out = {}
+    for mode, sh in {"single": {}, "class": dict(mesh=mesh, class_axis="model"),
+                     "class8": dict(mesh=jax.make_mesh((8,), ("model",)), class_axis="model")}.items():
+        fn = jax.jit(lambda W, b, X: jsoftmax.value_and_grad(jsoftmax.Params(W, b), X, y, check_values=False, **sh))
+        stats = fn.lower(W, b, X).compile().memory_analysis()
+        out[mode] = {"argument_bytes": stats.argument_size_in_bytes, "output_bytes": stats.output_size_in_bytes,
+                     "temp_bytes": stats.temp_size_in_bytes}
+    out["W_bytes"] = W.size * 4
+    return out
+
+
+def relayout(mesh):
+    X, W, b, y = problem(jnp.float32)
+    p = jsoftmax.Params(W, b)
+    want = jsoftmax.value_and_grad(p, X, y, mesh=mesh, data_axis="data", class_axis="model")
+    odd = jax.device_put(y, NamedSharding(mesh, P("model")))  # labels laid out unlike X
+    Xr = jax.device_put(X, NamedSharding(mesh, P("model", None)))  # rows over the other axis
+    got = jsoftmax.value_and_grad(p, Xr, odd, mesh=mesh, data_axis="data", class_axis="model")
+    return {"risk": rel(got[0], want[0]), "dW": rel(got[1].W, want[1].W)}
+
+
+def bad_input(mesh):
+    X, W, b, y = problem(jnp.float32)
+    cases = {
+        "axis": dict(mesh=mesh, data_axis="batch"),
+        "rows": dict(mesh=jax.make_mesh((8, 1), ("data", "model")), data_axis="data", X=X[:60], y=y[:60]),
+        "classes": dict(mesh=jax.make_mesh((1, 8), ("data", "model")), class_axis="model", W=W[:, :6], b=b[:6]),
+        "no_axis": dict(mesh=mesh),
+    }
+    out = {}
+    for name, case in cases.items():
+        Xc, yc = case.pop("X", X), case.pop("y", y)
+        Wc, bc = case.pop("W", W), case.pop("b", b)
+        try:
+            jsoftmax.value_and_grad(jsoftmax.Params(Wc, bc), Xc, yc, **case)
+            out[name] = "no error"
+        except (ValueError, TypeError) as err:
+            out[name] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def main():
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    result = {"n_devices": len(jax.devices())}
+    with enable_x64():
+        result["float64"] = accuracy(mesh, jnp.float64, soft=False)
+        result["float64_soft"] = accuracy(mesh, jnp.float64, soft=True)
+    result["float32"] = accuracy(mesh, jnp.float32, soft=False)
+    result["collectives"] = collectives(mesh)
+    result["memory"] = memory(mesh)
+    result["relayout"] = relayout(mesh)
+    result["bad_input"] = bad_input(mesh)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

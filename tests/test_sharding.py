@@ -1,0 +1,115 @@
+"""Sharding across devices (8 forced host devices) and processes (2, gloo on loopback)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optax
+import pytest
+
+HERE = Path(__file__).parent
+TOL = {"float64": 1e-12, "float64_soft": 1e-12, "float32": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(HERE.parent))
+    done = subprocess.run([sys.executable, str(HERE / "sharding_worker.py")], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_eight_devices(report):
+    assert report["n_devices"] == 8
+
+
+@pytest.mark.parametrize("precision", list(TOL))
+@pytest.mark.parametrize("mode", ["data", "class", "2d"])
+def test_sharded_results_equal_single_device(report, precision, mode):
+    row = report[precision][mode]
+    for quantity, err in row.items():
+        if quantity in ("fit_iters", "grad_W_spec"):
+            continue
+        assert err <= TOL[precision], (quantity, err)
+    assert row["fit_iters"][0] == row["fit_iters"][1]
+
+
+def test_gradient_stays_sharded_like_W(report):
+    assert report["float32"]["class"]["grad_W_spec"] == [None, "model"]
+    assert report["float32"]["2d"]["grad_W_spec"] == [None, "model"]
+
+
+def test_collectives_are_the_designed_ones(report):
+    c = report["collectives"]
+    assert c["data"]["all_reduce"] >= 1          # loss, dW, db summed over the rows' devices
+    assert c["class"]["all_reduce"] >= 1         # max and sum of the log-sum-exp over class blocks
+    for mode in ("class", "2d"):
+        assert not c[mode]["all_gather_of_W"], "class-parallel mode must never gather the full W"
+
+
+def test_class_parallel_memory_per_device_shrinks(report):
+    m = report["memory"]
+    w = m["W_bytes"]
+    # Arguments and outputs (W, its gradient) per device: about 1/2 with 2 class devices,
+    # about 1/8 with 8; X (64x64 f32) and the labels are small next to W (64x8192 f32).
+    assert m["class"]["argument_bytes"] <= m["single"]["argument_bytes"] / 2 + w * 0.05
+    assert m["class8"]["argument_bytes"] <= m["single"]["argument_bytes"] / 8 + w * 0.05
+    assert m["class8"]["output_bytes"] <= m["single"]["output_bytes"] / 8 + w * 0.05
+
+
+def test_inputs_laid_out_differently_are_resharded_not_misread(report):
+    assert report["relayout"]["risk"] <= 1e-6 and report["relayout"]["dW"] <= 1e-5
+
+
+def test_bad_mesh_input_is_a_clear_error(report):
+    bad = report["bad_input"]
+    assert "`data_axis`='batch' is not an axis of the mesh; its axes are ('data', 'model')" in bad["axis"]
+    assert "the 60 rows cannot be split evenly over mesh axis 'data' of size 8" in bad["rows"]
+    assert "the 6 classes cannot be split evenly over mesh axis 'model' of size 8" in bad["classes"]
+    assert "name at least one of `data_axis` and `class_axis`" in bad["no_axis"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+    out = tmp_path / "W.npz"
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(HERE.parent))
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(HERE / "distributed_worker.py"), str(i), str(port), str(out)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("the 2-process run did not finish in 240 s")
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-2000:] for log in logs)
+
+    import jax.numpy as jnp
+
+    import jsoftmax
+
+    sys.path.insert(0, str(HERE))
+    from distributed_worker import data
+
+    X, y = data()
+    one = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), jnp.asarray(X), jnp.asarray(y),
+                       optax.lbfgs(), l2=0.05, max_iter=40, tol=0.0)
+    with np.load(out) as saved:
+        W, n_iter = saved["W"], int(saved["n_iter"])
+    assert n_iter == one.n_iter
+    err = np.linalg.norm(W - np.asarray(one.params.W)) / np.linalg.norm(np.asarray(one.params.W))
+    assert err <= 1e-5, err
