@@ -13,7 +13,7 @@ import sys
 
 from . import common
 
-SUITES = ("hot", "memory", "fit")
+SUITES = ("hot", "memory", "fit", "scaling")
 
 
 def main(argv=None) -> int:

@@ -215,13 +215,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _model_and_data(args: argparse.Namespace):
+    """The saved model and the rows of the data file named on the command line."""
     from . import _data
     from ._estimator import SoftmaxRegression
 
     model = SoftmaxRegression.load(args.model)
-    X, _ = _data.load_file(args.file, label_column=_label_column(args.label_column),
+    X, y = _data.load_file(args.file, label_column=_label_column(args.label_column),
                            labels_path=args.labels_file)
+    return model, X, y
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    model, X, _ = _model_and_data(args)
     if args.proba:
         proba = model.predict_proba(X)
         payload = {"classes": model.classes_.tolist(), "proba": proba.tolist()}
@@ -235,12 +241,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import _data
-    from ._estimator import SoftmaxRegression
-
-    model = SoftmaxRegression.load(args.model)
-    X, y = _data.load_file(args.file, label_column=_label_column(args.label_column),
-                           labels_path=args.labels_file)
+    model, X, y = _model_and_data(args)
     _check_known_labels(model, y, args.file)
     payload = _metrics(model, X, y)
     _emit(args, payload, _metrics_lines(f"Evaluation of {args.model} on {args.file}", payload))

@@ -59,18 +59,9 @@ def _evaluate(W, b, X, labels, sample_weight, l2, smoothing, opts: Options, *, g
     """The risk and the requested analytic gradients (see :func:`jsoftmax._engine.evaluate`)."""
     acc = _validate.accumulation_dtype(X.dtype)
     coef = normalised_coef(labels, sample_weight, opts, acc)
-    rows, classes = _engine.choose_chunks(X.shape[0], W.shape[1])
-    if opts.chunk_rows:
-        rows, classes = opts.chunk_rows, None
-    if opts.mesh is not None:
-        rows = opts.chunk_rows or _engine.choose_chunk_rows(X.shape[0] // _data_devices(opts), W.shape[1])
-        classes = None
+    rows, classes = _sharding.local_chunks(opts, X.shape[0], W.shape[1], opts.chunk_rows)
     return _sharding.run_evaluate(W, b, X, labels, coef, l2, smoothing, 0.0, opts, grad_W=grad_W,
                                   grad_X=grad_X, rows_out=rows_out, chunk_rows=rows, class_chunk=classes)
-
-
-def _data_devices(opts: Options) -> int:
-    return opts.mesh.shape[opts.data_axis] if opts.data_axis else 1
 
 
 @partial(jax.jit, static_argnames=("opts",))

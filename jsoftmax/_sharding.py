@@ -56,6 +56,20 @@ def check_mesh(mesh, data_axis: str | None, class_axis: str | None, n: int, k: i
                          "multiple of it.")
 
 
+def local_chunks(opts: Options, n: int, k: int, chunk_rows=None, class_chunk=None) -> tuple[int, int | None]:
+    """(rows, classes) per chunk for the block one device holds: explicit sizes win, else the
+    rule of :func:`jsoftmax._engine.choose_chunks`; no class blocks on a class-sharded axis."""
+    if opts.mesh is not None:
+        n //= opts.mesh.shape[opts.data_axis] if opts.data_axis else 1
+        k //= opts.mesh.shape[opts.class_axis] if opts.class_axis else 1
+    rows, classes = _engine.choose_chunks(n, k)
+    if chunk_rows is not None:
+        rows, classes = min(chunk_rows, n), class_chunk
+    elif class_chunk is not None:
+        classes = class_chunk
+    return rows, None if opts.class_axis else classes
+
+
 def specs(opts: Options, soft: bool) -> dict[str, P]:
     """PartitionSpecs of every input of the sharded evaluation."""
     d, c = opts.data_axis, opts.class_axis
@@ -100,7 +114,10 @@ def evaluate(W, b, X, labels, coef, l2, eps, zeta, opts: Options, *, grad_W: boo
         P(d, None) if grad_X else None, P(d) if rows_out else None, P(d) if rows_out else None,
     )
     args = {name: _place(value, opts.mesh, in_specs[name]) for name, value in args.items()}
-    ev = jax.shard_map(local, mesh=opts.mesh, in_specs=(in_specs,), out_specs=out_specs)(args)
+    # check_vma=False: the row loop's zero-initialised carry is device-invariant while its body
+    # output varies along the mesh axes; every cross-device value is reduced explicitly above.
+    ev = jax.shard_map(local, mesh=opts.mesh, in_specs=(in_specs,), out_specs=out_specs,
+                       check_vma=False)(args)
     if opts.l2:
         acc = ev.value.dtype
         l2v = jnp.asarray(l2, acc)

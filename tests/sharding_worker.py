@@ -56,11 +56,17 @@ def accuracy(mesh, dtype, soft):
         l, lg = jax.value_and_grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, bias=b, z_loss=1e-2, **sh), (0, 1))(X, W)
         n = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none", **sh).sum(), (0, 1))(X, W)
         f = jsoftmax.fit(p, X, y, optax.lbfgs(), l2=0.1, max_iter=5, tol=0.0, **sh)
+        # Several row chunks per device (8 or 16 rows per device, chunks of 3: with a remainder).
+        vc, gc = jsoftmax.value_and_grad(p, X, y, chunk_rows=3, **kw, **sh)
+        nc = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none", chunk_size=3,
+                                                                 **sh).sum(), (0, 1))(X, W)
         out[mode] = {
             "risk": rel(v, v0), "dW": rel(g.W, g0.W), "db": rel(g.b, g0.b), "dX": rel(gx, gx0),
             "lce": rel(l, l0), "lce_dX": rel(lg[0], lg0[0]), "lce_dW": rel(lg[1], lg0[1]),
             "lce_none_dX": rel(n[0], n0[0]), "lce_none_dW": rel(n[1], n0[1]),
             "fit_W": rel(f.params.W, f0.params.W), "fit_iters": [f.n_iter, f0.n_iter],
+            "chunked_risk": rel(vc, v0), "chunked_dW": rel(gc.W, g0.W),
+            "chunked_lce_none_dX": rel(nc[0], n0[0]), "chunked_lce_none_dW": rel(nc[1], n0[1]),
             "grad_W_spec": list(g.W.sharding.spec),
         }
     return out
