@@ -186,3 +186,16 @@ def test_bad_shapes_and_labels():
         jsoftmax.linear_cross_entropy(x, w, y[:4])
     with pytest.raises(ValueError, match=r"class ids in \[0, 5\)"):
         jsoftmax.linear_cross_entropy(x, w, y.at[0].set(5))
+
+
+@pytest.mark.slow
+def test_lm_head_shape_float32_against_float64():
+    # The benchmark's shape (4096, 1024, 32000): gradients within float32 rounding of float64.
+    x, w, b, y = problem(4096, 1024, 32000, seed=7, dtype=jnp.float32)
+    value, grads = loss_and_grads(x, w, b, y, "mean", label_smoothing=0.1)
+    with enable_x64():
+        c = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+        ref_value, ref = loss_and_grads(c(x), c(w), c(b), y, "mean", label_smoothing=0.1, implementation="reference")
+    np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5)
+    for g, r, name in zip(grads, ref, "xwb"):
+        assert_normwise_close(g, r, 1e-5, name)
