@@ -9,9 +9,7 @@ calls after it. The ratio is jsoftmax's post-compile median over scikit-learn's 
 
 from __future__ import annotations
 
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -144,8 +144,12 @@ _risk_jit = jax.jit(_risk_value, static_argnums=(7,))
 # --- public API -------------------------------------------------------------------------
 
 
-def _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values,
-           chunk_rows, mesh=None, data_axis=None, class_axis=None):
+def setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values=True,
+          chunk_rows=None, mesh=None, data_axis=None, class_axis=None):
+    """Validate and place the inputs; return the :class:`Problem` and its static :class:`Options`.
+
+    The one preamble of every entry point (risk, value_and_grad, fit, check_gradient).
+    """
     problem = _validate.prepare_problem(
         params, X, labels, sample_weight, l2, label_smoothing, ignore_index
     )
@@ -223,7 +227,7 @@ def risk(
       >>> float(jsoftmax.risk(jnp.zeros((2, 3)), X, jnp.array([0, 2])))  # log 3
       1.0986123...
     """
-    problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
+    problem, opts = setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
                            check_values, chunk_rows, mesh, data_axis, class_axis)
     W, b, X, labels, sample_weight, _ = problem
     return _risk_jit(W, b, X, labels, sample_weight, l2, label_smoothing, opts)
@@ -266,7 +270,7 @@ def value_and_grad(
       >>> grad.b  # mean of softmax - onehot: (1/3 - 1/2, 1/3, 1/3 - 1/2)
       Array([-0.16666..., 0.33333..., -0.16666...], dtype=float32)
     """
-    problem, opts = _setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
+    problem, opts = setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
                            check_values, chunk_rows, mesh, data_axis, class_axis)
     W, b, X, labels, sample_weight, _ = problem
     value, gW, gb = _value_and_grad_kernel(W, b, X, labels, sample_weight, l2, label_smoothing, opts)

@@ -70,9 +70,8 @@ def local_chunks(opts: Options, n: int, k: int, chunk_rows=None, class_chunk=Non
     return rows, None if opts.class_axis else classes
 
 
-def specs(opts: Options, soft: bool) -> dict[str, P]:
-    """PartitionSpecs of every input of the sharded evaluation."""
-    d, c = opts.data_axis, opts.class_axis
+def specs(d: str | None, c: str | None, soft: bool) -> dict[str, P]:
+    """PartitionSpecs of every input of the sharded evaluation (d, c: data and class axes)."""
     return {"W": P(None, c), "b": P(c), "X": P(d, None), "labels": P(d, c) if soft else P(d),
             "coef": P(d), "lse": P(d), "eps": P(), "zeta": P()}
 
@@ -88,14 +87,14 @@ def evaluate(W, b, X, labels, coef, l2, eps, zeta, opts: Options, *, grad_W: boo
         args["b"] = b
     if lse is not None:
         args["lse"] = lse
-    all_specs = specs(opts, opts.soft)
+    all_specs = specs(d, c, opts.soft)
     in_specs = {name: all_specs[name] for name in args}
 
     def local(a):
         offset = lax.axis_index(c) * a["W"].shape[1] if c else None
         ev = _engine.evaluate(
             a["W"], a.get("b"), a["X"], a["labels"], a["coef"], 0.0, a["eps"], a["zeta"],
-            dataclasses.replace(local_opts, class_axis=c), grad_W=grad_W, grad_X=grad_X,
+            local_opts, grad_W=grad_W, grad_X=grad_X,
             rows_out=rows_out, chunk_rows=chunk_rows, class_chunk=None if c else class_chunk,
             lse=a.get("lse"), class_offset=offset,
         )
@@ -150,8 +149,7 @@ def place_inputs(mesh: Mesh | None, data_axis, class_axis, W, b, X, labels, samp
     if mesh is None:
         return W, b, X, labels, sample_weight
     mesh = auto_mesh(mesh)
-    layout = specs(Options(soft=labels.ndim == 2, ignore_index=0, data_axis=data_axis,
-                           class_axis=class_axis), labels.ndim == 2)
+    layout = specs(data_axis, class_axis, labels.ndim == 2)
 
     def put(x, spec):
         if x is None or isinstance(x, jax.core.Tracer):

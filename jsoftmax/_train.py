@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import _checkpoint, _risk, _sharding, _validate
+from . import _checkpoint, _risk, _validate
 from ._engine import Options
 from ._risk import Params
 
@@ -246,12 +246,8 @@ def fit(
       >>> result.converged, result.stop_reason
       (True, 'gtol')
     """
-    problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing, ignore_index)
-    _sharding.check_mesh(mesh, data_axis, class_axis, problem.X.shape[0], problem.W.shape[1])
-    placed = _sharding.place_inputs(mesh, data_axis, class_axis, problem.W, problem.b, problem.X,
-                                    problem.labels, problem.sample_weight)
-    problem = problem._replace(**dict(zip(("W", "b", "X", "labels", "sample_weight"), placed)))
-    _validate.check_values(problem, ignore_index)
+    problem, opts = _risk.setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
+                                mesh=mesh, data_axis=data_axis, class_axis=class_axis)
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
             f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}."
@@ -271,9 +267,6 @@ def fit(
     if mesh is not None and batch_size is not None and data_axis is not None and batch_size % mesh.shape[data_axis]:
         raise ValueError(f"`batch_size`={batch_size} must be a multiple of the {data_axis!r} axis size "
                          f"{mesh.shape[data_axis]}.")
-    opts = Options(soft=soft, ignore_index=int(ignore_index),
-                   smoothing=_validate.is_active(label_smoothing), l2=_validate.is_active(l2),
-                   mesh=_sharding.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis)
     data = (X, labels, sample_weight, l2, label_smoothing)
     start = Params(W, b)
     validation = None

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _engine, _risk, _validate
+from . import _engine, _risk
 from ._compat import enable_x64
 from ._reference import reference_risk, reference_row_loss, reference_targets
 
@@ -161,20 +161,11 @@ def check_gradient(
     Returns:
       A :class:`GradientReport`; ``str(report)`` is a table, ``report.to_dict()`` a dict.
     """
-    problem = _validate.prepare_problem(
-        params, X, labels, sample_weight, l2, label_smoothing, ignore_index
-    )
-    _validate.check_values(problem, ignore_index)
+    problem, opts = _risk.setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index)
     W, b, X, labels, sample_weight, soft = problem
     dtype_name = jnp.dtype(X.dtype).name
     n, d = X.shape
     k = W.shape[1]
-    opts = _risk.Options(
-        soft=soft,
-        ignore_index=int(ignore_index),
-        smoothing=_validate.is_active(label_smoothing),
-        l2=_validate.is_active(l2),
-    )
     rows_shown = min(n, n_jacobian_rows)
     analytic = _analytic_side(W, b, X, labels, sample_weight, l2, label_smoothing, opts, rows_shown)
 
