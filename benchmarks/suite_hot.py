@@ -1,7 +1,7 @@
 """The hot path: forward and forward+backward of the fused op against its floor and autodiff.
 
 For every shape and variant (see variants.py): compile time (lower + compile), the median and
-spread of timed runs after a warm-up, the ratio to the floor measured in the same run, XLA's
+spread of timed runs after a warm-up, the variants run round-robin (interleaved), the ratio to the floor measured in the same run, XLA's
 ``memory_analysis()`` temp bytes of the compiled program (exact), and the peak memory of one
 run in a fresh process (RSS growth on CPU; device peak bytes on GPU).
 """
@@ -9,6 +9,7 @@ run in a fresh process (RSS growth on CPU; device peak bytes on GPU).
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -33,16 +34,28 @@ def peak_memory(variant, mode, shape) -> dict:
         return {"error": str(err)[:200]}
 
 
-def measure(shape, variant, mode, repeats) -> dict:
+def compile_variant(shape, variant, mode):
+    """(compiled program, its inputs, compile seconds, temp bytes)."""
     n, d, k, dtype = shape
     x, w, y = variants.inputs(n, d, k, dtype)
-    fn = variants.build(variant, mode)
     start = time.perf_counter()
-    compiled = fn.lower(x, w, y).compile()
+    compiled = variants.build(variant, mode).lower(x, w, y).compile()
     compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    timing = common.timed(lambda: compiled(x, w, y), repeats=repeats, warmup=1)
-    return {"compile_s": compile_s, "temp_bytes": int(memory.temp_size_in_bytes), **timing}
+    return compiled, (x, w, y), compile_s, int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def interleaved(programs: dict, repeats: int) -> dict:
+    """Median and spread per variant, the variants run round-robin (one warm-up round first),
+    so that a slow phase of the machine touches every variant alike."""
+    samples = {name: [] for name in programs}
+    for round_ in range(repeats + 1):
+        for name, (compiled, args) in programs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            if round_:
+                samples[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
+                   "repeats": repeats} for name, v in samples.items()}
 
 
 def run(quick: bool = False) -> dict:
@@ -51,15 +64,22 @@ def run(quick: bool = False) -> dict:
     results = []
     for shape in shapes:
         for mode in ("forward", "forward_backward"):
-            rows = {}
+            rows, programs = {}, {}
             for variant in variants.VARIANTS:
                 try:
-                    rows[variant] = measure(shape, variant, mode, repeats=5 if not quick else 3)
+                    compiled, args, compile_s, temp = compile_variant(shape, variant, mode)
                 except Exception as err:  # noqa: BLE001 - e.g. out of memory for the naive ones
                     rows[variant] = {"error": f"{type(err).__name__}: {str(err)[:200]}"}
                     continue
-                if not quick:
-                    rows[variant].update(peak_memory(variant, mode, shape))
+                rows[variant] = {"compile_s": compile_s, "temp_bytes": temp}
+                programs[variant] = (compiled, args)
+            for variant, timing in interleaved(programs, repeats=3 if quick else 7).items():
+                rows[variant].update(timing)
+            del programs
+            if not quick:
+                for variant, row in rows.items():
+                    if "median_s" in row:
+                        row.update(peak_memory(variant, mode, shape))
             floor = rows["floor"].get("median_s")
             for row in rows.values():
                 if "median_s" in row and floor:
@@ -77,7 +97,8 @@ def run(quick: bool = False) -> dict:
 
 def markdown(payload: dict) -> str:
     out = ["## Hot path: loss and gradients w.r.t. x and w\n",
-           "Ratios are to the floor (the matrix products alone) measured in the same run; "
+           "The variants of a shape and mode are timed round-robin (7 rounds after a warm-up "
+           "round). Ratios are to the floor (the matrix products alone) measured in the same run; "
            "temp is XLA's `memory_analysis()` of the compiled program; peak is the growth of the "
            "process RSS (sampled every ms; temps plus outputs) over three runs in a fresh process, or "
            "the device peak on a GPU.\n"]

@@ -1,26 +1,42 @@
-"""jsoftmax: softmax (multinomial logistic) regression in JAX with a verified analytic gradient."""
+"""jsoftmax: softmax (multinomial logistic) regression in JAX with a verified analytic gradient.
+
+Importing the package loads jax and optax only: ``SoftmaxRegression`` (which needs
+scikit-learn) is imported when it is first used, and the CLI imports matplotlib and tqdm itself.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from ._estimator import SoftmaxRegression as SoftmaxRegression
-from ._linear_ce import linear_cross_entropy as linear_cross_entropy
-from ._risk import Params as Params
+from ._api import linear_cross_entropy as linear_cross_entropy
+from ._api import predict as predict
+from ._api import predict_proba as predict_proba
+from ._api import risk as risk
+from ._api import risk_grad as risk_grad
+from ._api import value_and_grad as value_and_grad
+from ._mesh import shard_arrays as shard_arrays
 from ._train import FitResult as FitResult
 from ._train import fit as fit
-from ._risk import predict as predict
-from ._risk import predict_proba as predict_proba
-from ._risk import risk as risk
-from ._risk import risk_grad as risk_grad
-from ._risk import value_and_grad as value_and_grad
-from ._sharding import shard_arrays as shard_arrays
+from ._types import Params as Params
 from ._verify import CheckRow as CheckRow
 from ._verify import GradientReport as GradientReport
 from ._verify import check_gradient as check_gradient
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers; loaded lazily below at run time
+    from ._estimator import SoftmaxRegression as SoftmaxRegression
 
 try:
     __version__ = version("jsoftmax")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
+
+
+def __getattr__(name: str):
+    if name == "SoftmaxRegression":  # imports scikit-learn: only when asked for
+        from ._estimator import SoftmaxRegression
+
+        return SoftmaxRegression
+    raise AttributeError(f"module 'jsoftmax' has no attribute {name!r}")
+
 
 __all__ = [
     "CheckRow",

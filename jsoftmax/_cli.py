@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from ._metrics import classification_metrics, metrics_lines
+
 
 def _parse_sizes(text: str) -> tuple[tuple[int, int, int], ...]:
     try:
@@ -121,36 +123,6 @@ class _Progress:
             self.bar.close()
 
 
-def _metrics(model, X, y) -> dict:
-    from sklearn import metrics
-
-    proba = model.predict_proba(X)
-    predicted = model.classes_[proba.argmax(axis=1)]
-    precision, recall, _, support = metrics.precision_recall_fscore_support(
-        y, predicted, labels=model.classes_, zero_division=0
-    )
-    return {
-        "n_samples": int(len(y)),
-        "accuracy": float(metrics.accuracy_score(y, predicted)),
-        "log_loss": float(metrics.log_loss(y, proba, labels=model.classes_)),
-        "per_class": [
-            {"class": c, "precision": float(p), "recall": float(r), "support": int(s)}
-            for c, p, r, s in zip(model.classes_.tolist(), precision, recall, support)
-        ],
-        "confusion_matrix": metrics.confusion_matrix(y, predicted, labels=model.classes_).tolist(),
-    }
-
-
-def _metrics_lines(title: str, m: dict) -> list[str]:
-    lines = [f"{title}: {m['n_samples']} samples, accuracy {m['accuracy']:.4f}, log loss {m['log_loss']:.4f}"]
-    lines.append("  class      precision  recall  support")
-    for row in m["per_class"]:
-        lines.append(f"  {str(row['class']):<10} {row['precision']:9.3f}  {row['recall']:6.3f}  {row['support']:7d}")
-    lines.append("  confusion matrix (rows: true, columns: predicted):")
-    lines.extend("    " + " ".join(f"{v:4d}" for v in row) for row in m["confusion_matrix"])
-    return lines
-
-
 def _check_known_labels(model, y, source) -> None:
     import numpy as np
 
@@ -190,15 +162,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress.close()
     payload = {"source": source, "n_features": int(X.shape[1]), "classes": model.classes_.tolist(),
                "solver": args.solver, "optimality": model.optimality_,
-               "train": _metrics(model, X_train, y_train)}
+               "train": classification_metrics(model, X_train, y_train)}
     lines = [f"Trained on {source}: {len(y_train)} samples, {X.shape[1]} features, "
              f"{len(model.classes_)} classes, solver {args.solver}.",
              "Optimality: gradient max-abs {grad_norm:.2e} after {n_iter} iterations, "
              "converged={converged} ({stop_reason}).".format(**model.optimality_),
              f"Train accuracy {payload['train']['accuracy']:.4f}, log loss {payload['train']['log_loss']:.4f}."]
     if X_test is not None:
-        payload["test"] = _metrics(model, X_test, y_test)
-        lines += _metrics_lines("Test", payload["test"])
+        payload["test"] = classification_metrics(model, X_test, y_test)
+        lines += metrics_lines("Test", payload["test"])
     if args.out:
         model.save(args.out)
         payload["model"] = str(args.out)
@@ -243,8 +215,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, X, y = _model_and_data(args)
     _check_known_labels(model, y, args.file)
-    payload = _metrics(model, X, y)
-    _emit(args, payload, _metrics_lines(f"Evaluation of {args.model} on {args.file}", payload))
+    payload = classification_metrics(model, X, y)
+    _emit(args, payload, metrics_lines(f"Evaluation of {args.model} on {args.file}", payload))
     return 0
 
 

@@ -24,9 +24,9 @@ def run_demo(out_dir: str = "jsoftmax-out", *, as_json: bool = False, quiet: boo
     from ._compat import enable_x64
     from ._estimator import SoftmaxRegression
     from ._plot import training_plot
-    from ._risk import Params
+    from ._metrics import classification_metrics
+    from ._types import Params
     from ._verify import check_gradient
-    from ._cli import _metrics
 
     say = (lambda *a: None) if (as_json or quiet) else print
     C, tol = 1.0, 1e-6
@@ -57,7 +57,7 @@ def run_demo(out_dir: str = "jsoftmax-out", *, as_json: bool = False, quiet: boo
     ours_obj = model.objective(X_train, y_train)
     lp = sk.predict_log_proba(scaled)
     sk_obj = float(C * np.sum(-lp[np.arange(len(y_train)), y_train]) + 0.5 * np.sum(sk.coef_**2))
-    ours_test = _metrics(model, X_test, y_test)
+    ours_test = classification_metrics(model, X_test, y_test)
     sk_acc = float(sk.score(sk_X_test, y_test))
     say("\n                 test accuracy   objective C*sum(loss) + |W|^2/2")
     say(f"jsoftmax         {ours_test['accuracy']:.4f}          {ours_obj:.6f}")

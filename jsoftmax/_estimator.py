@@ -29,8 +29,9 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from . import _checkpoint
 from ._compat import enable_x64
-from ._risk import Params, _predict_kernel, _proba_kernel
+from ._api import predict, predict_proba
 from ._train import fit
+from ._types import Params
 
 SOLVERS = ("lbfgs", "adam", "sgd")
 MODEL_FORMAT = 1
@@ -256,12 +257,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self._transform(X)
 
-    def _run(self, kernel, X):
+    def _run(self, function, X):
+        """``function(params, X)`` on the standardised features, in the model's dtype."""
         Xs = self._features(X)
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
             b = None if self._b is None else jnp.asarray(self._b, dtype)
-            return np.asarray(kernel(jnp.asarray(self._W, dtype), b, jnp.asarray(Xs, dtype)))
+            return np.asarray(function(Params(jnp.asarray(self._W, dtype), b), jnp.asarray(Xs, dtype)))
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
@@ -271,7 +273,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (N, K), columns in the order of ``classes_``."""
-        return self._run(_proba_kernel, X).astype(np.float64)
+        return self._run(predict_proba, X).astype(np.float64)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log class probabilities, computed stably from the scores."""
@@ -282,7 +284,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class per row, as labels from ``classes_``."""
-        ids = self._run(_predict_kernel, X)  # checks fitted-ness first
+        ids = self._run(predict, X)  # checks fitted-ness first
         return self.classes_[ids]
 
     # --- persistence --------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Plain-jnp reference risk: the oracle that ``jax.grad`` differentiates in the checks.
+"""Plain-jnp references: the oracles that ``jax.grad`` differentiates in the checks.
 
-Written straight from the definition (one-hot targets, ``log_softmax``), with no custom VJP and
-none of the kernel's tricks, so that agreeing with it means something.
+Written straight from the definition (``docs/derivation.md`` §1): the logits are materialised,
+targets are built as dense (N, K) rows and the loss is ``-Σ t log_softmax(z)``; no custom VJP,
+no chunking and none of the engine's formulas, so agreeing with them means something.
+``log_softmax`` subtracts the row maximum before anything else, so large scores do not cancel.
 """
 
 from __future__ import annotations
@@ -24,26 +26,36 @@ def reference_row_loss(z, t):
     return -jnp.sum(t * jax.nn.log_softmax(z, axis=-1), axis=-1)
 
 
-def reference_risk(
-    W,
-    b,
-    X,
-    labels,
-    *,
-    sample_weight=None,
-    l2=0.0,
-    label_smoothing=0.0,
-    ignore_index=-100,
-):
-    """R = sum_n w_n l_n / sum_n w_n + (l2 / 2) ||W||^2, straight from the definition."""
-    z = X @ W if b is None else X @ W + b
-    n, k = z.shape
-    t = reference_targets(labels, k, label_smoothing=label_smoothing).astype(z.dtype)
-    losses = reference_row_loss(z, t)
+def reference_loss(x, w, b, labels, *, sample_weight=None, label_smoothing=0.0, z_loss=0.0,
+                   ignore_index=-100, reduction="mean", accumulate=None):
+    """The loss of the linear head ``x @ w + b`` with every option, straight from the definition.
+
+    ``reduction``: "mean" (Σ sₙmₙℓₙ / Σ sₙmₙ), "sum" (Σ sₙmₙℓₙ) or "none" (sₙmₙℓₙ per row), with
+    mₙ = 0 on rows labelled ``ignore_index``. ``accumulate``: dtype of the scores (default that
+    of ``x``).
+    """
+    dtype = accumulate or x.dtype
+    z = jnp.matmul(x, w, preferred_element_type=dtype)
+    if b is not None:
+        z = z + b.astype(dtype)
+    t = reference_targets(labels, w.shape[1], label_smoothing=label_smoothing).astype(dtype)
+    losses = reference_row_loss(z, t) + z_loss * jax.nn.logsumexp(z, axis=-1) ** 2
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        w = (labels != ignore_index).astype(z.dtype)
+        weights = (labels != ignore_index).astype(dtype)
     else:
-        w = jnp.ones((n,), z.dtype)
+        weights = jnp.ones(z.shape[:1], dtype)
     if sample_weight is not None:
-        w = w * sample_weight
-    return jnp.sum(w * losses) / jnp.sum(w) + 0.5 * l2 * jnp.sum(W * W)
+        weights = weights * sample_weight
+    weighted = jnp.where(weights != 0, weights * losses, 0)
+    if reduction == "none":
+        return weighted
+    total = jnp.sum(weighted)
+    return total / jnp.sum(weights) if reduction == "mean" else total
+
+
+def reference_risk(W, b, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.0,
+                   ignore_index=-100):
+    """R = Σ wₙℓₙ / Σ wₙ + (l2 / 2) ‖W‖²."""
+    data = reference_loss(X, W, b, labels, sample_weight=sample_weight,
+                          label_smoothing=label_smoothing, ignore_index=ignore_index)
+    return data + 0.5 * l2 * jnp.sum(W * W)

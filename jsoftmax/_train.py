@@ -32,9 +32,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import _checkpoint, _risk, _validate
-from ._engine import Options
-from ._risk import Params
+from . import _api, _checkpoint, _engine, _validate
+from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +48,9 @@ class FitResult:
       n_epochs: epochs run (0 in full-batch mode).
       converged: the gradient's largest entry reached ``tol``, or early stopping fired.
       grad_norm: largest absolute entry of the full-data gradient at the returned params.
-      stop_reason: ``"gtol"``, ``"max_iter"``, ``"max_epochs"`` or ``"early_stopping"``.
+      stop_reason: ``"gtol"``, ``"max_iter"``, ``"max_epochs"``, ``"early_stopping"``, or
+        ``"diverged"`` when the loss or the gradient became NaN or infinite (the params of the
+        last step are returned; ``converged`` is False).
     """
 
     params: Params | jax.Array
@@ -81,12 +82,12 @@ def _inf_norm(tree) -> jax.Array:
     return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
-def _objective(data, opts: Options):
+def _objective(data, spec: LossSpec, plan: Plan):
     """The risk as a function of the params; ``data = (X, labels, weights, l2, smoothing)``."""
     X, labels, sample_weight, l2, smoothing = data
 
     def objective(params: Params):
-        return _risk._risk_value(params.W, params.b, X, labels, sample_weight, l2, smoothing, opts)
+        return _api.objective(params, X, labels, sample_weight, l2, smoothing, spec, plan)
 
     return objective
 
@@ -102,18 +103,19 @@ def _update(optimizer, objective, grad, state, params, value):
 # --- Full batch ---------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("optimizer", "opts", "max_iter"))
-def _full_batch_start(params, data, *, optimizer, opts, max_iter):
+@partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "max_iter"))
+def _full_batch_start(params, data, *, optimizer, spec, plan, max_iter):
     """The loop's initial carry: (iteration, params, state, value, grad, loss history)."""
-    value, grad = jax.value_and_grad(_objective(data, opts))(params)
+    value, grad = jax.value_and_grad(_objective(data, spec, plan))(params)
     losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
     return jnp.asarray(0), params, optimizer.init(params), value, grad, losses
 
 
-@partial(jax.jit, static_argnames=("optimizer", "opts"))
-def _full_batch_segment(carry, limit, tol, data, *, optimizer, opts):
-    """Iterate until ``it == limit`` or max|grad| <= tol; one compiled while_loop."""
-    objective = _objective(data, opts)
+@partial(jax.jit, static_argnames=("optimizer", "spec", "plan"))
+def _full_batch_segment(carry, limit, tol, data, *, optimizer, spec, plan):
+    """Iterate until ``it == limit`` or max|grad| <= tol (a NaN gradient also ends the loop,
+    since NaN > tol is false); one compiled while_loop."""
+    objective = _objective(data, spec, plan)
     linesearch = _uses_linesearch(carry[2])
     value_and_grad = (
         optax.value_and_grad_from_state(objective) if linesearch else jax.value_and_grad(objective)
@@ -139,8 +141,8 @@ def _full_batch_segment(carry, limit, tol, data, *, optimizer, opts):
 # --- Minibatch ----------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("optimizer", "opts", "batch_size"))
-def _epoch(params, state, key, data, *, optimizer, opts, batch_size):
+@partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "batch_size"))
+def _epoch(params, state, key, data, *, optimizer, spec, plan, batch_size):
     """One epoch: a fresh permutation, then a lax.scan of optimizer steps over its batches."""
     X, labels, sample_weight, l2, smoothing = data
     n = X.shape[0]
@@ -154,7 +156,7 @@ def _epoch(params, state, key, data, *, optimizer, opts, batch_size):
     def step(carry, batch):
         params, state = carry
         rows, w = batch
-        objective = _objective((X[rows], labels[rows], w, l2, smoothing), opts)
+        objective = _objective((X[rows], labels[rows], w, l2, smoothing), spec, plan)
         value, grad = jax.value_and_grad(objective)(params)
         params, state = _update(optimizer, objective, grad, state, params, value)
         return (params, state), value
@@ -163,35 +165,34 @@ def _epoch(params, state, key, data, *, optimizer, opts, batch_size):
     return params, state, losses
 
 
-@partial(jax.jit, static_argnames=("opts",))
-def _metrics(params, data, *, opts):
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _metrics(params, data, *, spec, plan):
     """(risk without penalty, accuracy over counted rows) on a data set."""
     X, labels, sample_weight, _, smoothing = data
-    loss = _risk._risk_value(params.W, params.b, X, labels, sample_weight, 0.0, smoothing,
-                             dataclasses.replace(opts, l2=False))
-    predicted = _risk._predict_kernel(params.W, params.b, X)
-    if opts.soft:
+    loss = _api.objective(params, X, labels, sample_weight, 0.0, smoothing, spec, plan)
+    predicted = jnp.argmax(_engine.scores(params.W, params.b, X), axis=-1)
+    if spec.soft:
         correct, counted = predicted == jnp.argmax(labels, axis=1), jnp.ones_like(predicted, bool)
     else:
-        correct, counted = predicted == labels, labels != opts.ignore_index
+        correct, counted = predicted == labels, labels != spec.ignore_index
     return loss, jnp.sum(correct & counted) / jnp.sum(counted)
 
 
-@partial(jax.jit, static_argnames=("opts",))
-def _grad_inf_norm(params, data, *, opts):
-    return _inf_norm(jax.grad(_objective(data, opts))(params))
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _grad_inf_norm(params, data, *, spec, plan):
+    return _inf_norm(jax.grad(_objective(data, spec, plan))(params))
 
 
 # --- Public entry point -------------------------------------------------------------------
 
 
 def fit(
-    params: Params | jax.Array,
-    X: jax.Array,
-    labels: jax.Array,
+    params: Params | Weights,
+    X: Features,
+    labels: Labels,
     optimizer: optax.GradientTransformation,
     *,
-    sample_weight: jax.Array | None = None,
+    sample_weight: RowValues | None = None,
     l2: float = 0.0,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -246,8 +247,9 @@ def fit(
       >>> result.converged, result.stop_reason
       (True, 'gtol')
     """
-    problem, opts = _risk.setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index,
-                                mesh=mesh, data_axis=data_axis, class_axis=class_axis)
+    problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
+                                       label_smoothing=label_smoothing, ignore_index=ignore_index,
+                                       mesh=mesh, data_axis=data_axis, class_axis=class_axis)
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
             f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}."
@@ -264,6 +266,9 @@ def fit(
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
 
     W, b, X, labels, sample_weight, soft = problem
+    if batch_size is not None:  # each step's plan is for one batch of rows
+        plan = _engine.make_plan(min(batch_size, X.shape[0]), *W.shape, mesh=plan.mesh,
+                                 data_axis=data_axis, class_axis=class_axis)
     if mesh is not None and batch_size is not None and data_axis is not None and batch_size % mesh.shape[data_axis]:
         raise ValueError(f"`batch_size`={batch_size} must be a multiple of the {data_axis!r} axis size "
                          f"{mesh.shape[data_axis]}.")
@@ -279,18 +284,24 @@ def fit(
         if vproblem.soft != soft:
             raise TypeError("`validation_data` labels must be of the same kind (ids or rows) as `labels`.")
         validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing)
+        validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape)
 
-    statics = dict(optimizer=optimizer, opts=opts)
+    statics = dict(optimizer=optimizer, spec=spec, plan=plan)
     if batch_size is None:
         run = _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
                               checkpoint_dir, checkpoint_every, resume)
     else:
-        run = _fit_minibatch(start, data, validation, tol, min(batch_size, X.shape[0]), max_epochs,
-                             patience, seed, statics, callback, checkpoint_dir, checkpoint_every, resume)
+        run = _fit_minibatch(start, data, validation, min(batch_size, X.shape[0]), max_epochs,
+                             patience, seed, statics, callback, checkpoint_dir, checkpoint_every,
+                             resume, validation_plan if validation is not None else None)
     fitted, history, n_iter, n_epochs, stop_reason, grad_norm = run
     if grad_norm is None:
-        grad_norm = float(_grad_inf_norm(fitted, data, opts=opts))
-    if stop_reason not in ("gtol", "early_stopping") and grad_norm <= tol:
+        full_plan = _engine.make_plan(X.shape[0], *W.shape, mesh=plan.mesh, data_axis=data_axis,
+                                      class_axis=class_axis)
+        grad_norm = float(_grad_inf_norm(fitted, data, spec=spec, plan=full_plan))
+    if not math.isfinite(grad_norm):
+        stop_reason = "diverged"
+    elif stop_reason not in ("gtol", "early_stopping", "diverged") and grad_norm <= tol:
         stop_reason = "gtol"
     out = fitted if isinstance(params, Params) else fitted.W
     return FitResult(out, history, n_iter, n_epochs, stop_reason in ("gtol", "early_stopping"),
@@ -326,25 +337,28 @@ def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_ever
                                         {"mode": "full_batch", "history": history})
         if callback is not None:
             callback({"iteration": it, "loss": float(carry[3]), "grad_norm": grad_inf, "max_iter": max_iter})
-        if grad_inf <= tol or it >= max_iter or it < limit:
+        if not grad_inf > tol or it >= max_iter or it < limit:  # `not >`: NaN stops too
             break
     n_iter = int(carry[0])
     history = {"loss": [float(v) for v in np.asarray(carry[5][: n_iter + 1])]}
-    reason = "gtol" if grad_inf <= tol else "max_iter"
+    if not (math.isfinite(grad_inf) and math.isfinite(history["loss"][-1])):
+        reason = "diverged"
+    else:
+        reason = "gtol" if grad_inf <= tol else "max_iter"
     return carry[1], history, n_iter, 0, reason, grad_inf
 
 
 def _resume(checkpoint_dir, like):
     loaded = _checkpoint.load_latest_checkpoint(checkpoint_dir, like)
     if loaded is None:
-        raise FileNotFoundError(f"--resume: no checkpoint found in {checkpoint_dir}")
+        raise FileNotFoundError(f"`resume=True`: no checkpoint found in {checkpoint_dir}")
     tree, meta = loaded
     return jax.tree_util.tree_map(jnp.asarray, tree), meta
 
 
-def _fit_minibatch(start, data, validation, tol, batch_size, max_epochs, patience, seed, statics,
-                   callback, checkpoint_dir, checkpoint_every, resume):
-    optimizer, opts = statics["optimizer"], statics["opts"]
+def _fit_minibatch(start, data, validation, batch_size, max_epochs, patience, seed, statics,
+                   callback, checkpoint_dir, checkpoint_every, resume, validation_plan):
+    optimizer, spec = statics["optimizer"], statics["spec"]
     params, state = start, optimizer.init(start)
     history: dict[str, list[float]] = {"loss": []}
     if validation is not None:
@@ -367,9 +381,13 @@ def _fit_minibatch(start, data, validation, tol, batch_size, max_epochs, patienc
         n_iter += steps
         info = {"epoch": epoch, "max_epochs": max_epochs, "loss": float(jnp.mean(losses))}
         history["loss"].append(info["loss"])
+        if not math.isfinite(info["loss"]):
+            stop_reason = "diverged"
+            break
         monitored = info["loss"]
         if validation is not None:
-            val_loss, val_acc = (float(v) for v in _metrics(params, validation, opts=opts))
+            val_loss, val_acc = (float(v) for v in _metrics(params, validation, spec=spec,
+                                                            plan=validation_plan))
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val_acc)
             info.update(val_loss=val_loss, val_accuracy=val_acc)

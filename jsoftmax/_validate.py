@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._compat import is_tracer
+from ._types import Params
 
 _FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
 
@@ -40,12 +41,6 @@ class Problem(NamedTuple):
     labels: jax.Array
     sample_weight: jax.Array | None
     soft: bool  # labels are (N, K) probability rows rather than (N,) class ids
-
-
-def accumulation_dtype(dtype: Any) -> jnp.dtype:
-    """float32 for 16-bit inputs (bf16/f16 accumulate in f32), otherwise the dtype itself."""
-    dtype = jnp.dtype(dtype)
-    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
 
 
 def _as_array(x: Any, name: str) -> jax.Array:
@@ -67,8 +62,6 @@ def _require_float(x: jax.Array, name: str) -> None:
 
 def split_params(params: Any) -> tuple[jax.Array, jax.Array | None]:
     """Return ``(W, b)`` from a ``Params`` or a bare ``W`` array."""
-    from ._risk import Params  # local import: _risk imports this module
-
     if isinstance(params, Params):
         W, b = params.W, params.b
     elif isinstance(params, (tuple, list, dict)):
@@ -174,14 +167,15 @@ def prepare_problem(
         ):
             raise TypeError(f"`sample_weight` must be numeric; got {sample_weight.dtype}.")
 
-    _check_scalar(l2, "l2", low=0.0, high=None)
-    _check_scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    check_scalar(l2, "l2", low=0.0, high=None)
+    check_scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
         raise TypeError(f"`ignore_index` must be a Python int; got {ignore_index!r}.")
     return Problem(W, b, X, labels, sample_weight, soft)
 
 
-def _check_scalar(value: Any, name: str, low: float, high: float | None) -> None:
+def check_scalar(value: Any, name: str, low: float, high: float | None) -> None:
+    """A real scalar option in [low, high). A traced value (under vmap/jit) cannot be read here."""
     if is_tracer(value):
         return  # a traced hyper-parameter (e.g. under vmap); its range cannot be read
     arr = np.asarray(value)

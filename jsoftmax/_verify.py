@@ -1,4 +1,4 @@
-"""Step-by-step verification of the derivation (DERIVATION.md) against autodiff.
+"""Step-by-step verification of the derivation (``docs/derivation.md``) against autodiff.
 
 Every comparison is made against a float64 reference computed in a scoped x64 context, so a
 float32 or bfloat16 result is measured against the exact answer, not against itself.
@@ -16,11 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _engine, _risk
+from . import _api, _engine
 from ._compat import enable_x64
 from ._reference import reference_risk, reference_row_loss, reference_targets
+from ._types import Features, Labels, Params, Plan, RowValues, Want, Weights
 
-# Normwise relative tolerances per input dtype (the issue's accuracy targets).
+# Normwise relative tolerances per input dtype: float64 to a few hundred ulps of 1, float32 to
+# the rounding of sums over ~10⁴ terms, 16-bit to its 8 mantissa bits.
 TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2, "float16": 1e-2}
 # Central differences carry an absolute truncation error ~h^2, so they get an absolute floor:
 # pass when max|analytic - fd| <= atol + rtol * max|fd|.
@@ -99,7 +101,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def softmax_jacobian(z: jax.Array) -> jax.Array:
-    """Closed-form Jacobian of softmax at z (K,): diag(p) - p p^T (DERIVATION.md step 1)."""
+    """Closed-form Jacobian of softmax at z (K,): diag(p) - p p^T (docs/derivation.md §2)."""
     p = jax.nn.softmax(z)
     return jnp.diag(p) - jnp.outer(p, p)
 
@@ -131,11 +133,11 @@ def _row(step, quantity, reference, analytic, expected, dtype_name, term_scale=0
 
 
 def check_gradient(
-    params: _risk.Params | jax.Array,
-    X: jax.Array,
-    labels: jax.Array,
+    params: Params | Weights,
+    X: Features,
+    labels: Labels,
     *,
-    sample_weight: jax.Array | None = None,
+    sample_weight: RowValues | None = None,
     l2: float = 0.0,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -161,13 +163,15 @@ def check_gradient(
     Returns:
       A :class:`GradientReport`; ``str(report)`` is a table, ``report.to_dict()`` a dict.
     """
-    problem, opts = _risk.setup(params, X, labels, sample_weight, l2, label_smoothing, ignore_index)
+    problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
+                                       label_smoothing=label_smoothing, ignore_index=ignore_index)
     W, b, X, labels, sample_weight, soft = problem
     dtype_name = jnp.dtype(X.dtype).name
     n, d = X.shape
     k = W.shape[1]
     rows_shown = min(n, n_jacobian_rows)
-    analytic = _analytic_side(W, b, X, labels, sample_weight, l2, label_smoothing, opts, rows_shown)
+    analytic = _analytic_side(W, b, X, labels, sample_weight, l2, label_smoothing, spec=spec,
+                              plan=plan, rows_shown=rows_shown)
 
     # Entries for the finite differences, drawn with `seed`, and their steps h = cbrt(eps)·|p|.
     rng = np.random.default_rng(seed)
@@ -242,26 +246,29 @@ def check_gradient(
     return GradientReport(problem_info, tuple(rows))
 
 
-@partial(jax.jit, static_argnames=("opts", "rows_shown"))
-def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, opts, rows_shown):
+@partial(jax.jit, static_argnames=("spec", "plan", "rows_shown"))
+def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, *, spec, plan, rows_shown):
     """Everything the library computes, in the problem's dtype, as one compiled program."""
-    full = _risk._evaluate(
-        W, b, X, labels, sample_weight, l2, smoothing, opts, grad_W=True, grad_X=False
-    )
+    params = Params(W, b)
+    # jax.value_and_grad of the objective runs the custom VJP: the engine's analytic gradient.
+    value, grads = jax.value_and_grad(_api.objective, argnums=(0, 1))(
+        params, X, labels, sample_weight, l2, smoothing, spec, plan)
     z = _engine.scores(W, b, X)
-    ones = jnp.ones((X.shape[0],), z.dtype)
-    per_sample = _engine.block_terms(z, labels, ones, smoothing, 0.0, opts, need_dz=True)
-    # dR/dX through jax.grad of the custom-VJP risk: checks the backward pass jax.grad uses.
-    grad_X = jax.grad(_risk._risk_value, argnums=2)(
-        W, b, X, labels, sample_weight, l2, smoothing, opts
-    )
+
+    def row_score_gradient(z_n, y_n):
+        # The engine on a one-row "head" W = z_n, x = [1]: its dW is exactly dℓ/dz of that row.
+        one = jnp.ones((1, 1), z.dtype)
+        ev = _engine.evaluate(z_n[None], None, one, y_n[None], jnp.ones((1,), z.dtype), smoothing,
+                              0.0, spec, Plan(1), Want(grad_W=True))
+        return ev.gW[0]
+
     return {
         "jacobian": jax.vmap(softmax_jacobian)(z[:rows_shown]),
-        "dz": per_sample.dz,
-        "value": full.value,
-        "W": full.gW.astype(W.dtype),
-        "b": None if b is None else full.gb.astype(b.dtype),
-        "X": grad_X,
+        "dz": jax.vmap(row_score_gradient)(z, labels),
+        "value": value,
+        "W": grads[0].W,
+        "b": grads[0].b,
+        "X": grads[1],
     }
 
 
@@ -323,30 +330,31 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
 DEFAULT_SIZES = ((1, 3, 2), (16, 5, 3), (64, 10, 7), (256, 32, 50))
 
 
-def random_problem(n, d, k, *, dtype, soft, option_set, seed):
-    """A random problem of the given size with the options of ``OPTION_SETS[option_set]``."""
-    spec = OPTION_SETS[option_set]
+def random_problem(n, d, k, *, dtype=jnp.float64, seed=0, soft=False, bias=False, ignore=False,
+                   weights=False, scale=1.0):
+    """A seeded random problem ``(Params(W, b), X, labels, sample_weight)`` of size N×D×K.
+
+    X standard normal; W normal with scale ``scale/√D`` (scores of order ``scale``); b standard
+    normal with ``bias``; labels class ids, every third row ``-100`` with ``ignore`` (at least
+    one row stays counted), or probability rows (softmax of 2·normal) with ``soft``; weights
+    uniform in [0.1, 2) with ``weights``.
+    """
     rng = np.random.default_rng(seed)
     dtype = jnp.dtype(dtype)
     X = jnp.asarray(rng.standard_normal((n, d)), dtype)
-    W = jnp.asarray(rng.standard_normal((d, k)) / math.sqrt(d), dtype)
-    b = jnp.asarray(rng.standard_normal(k), dtype) if spec.get("bias") else None
+    W = jnp.asarray(scale * rng.standard_normal((d, k)) / math.sqrt(d), dtype)
+    b = jnp.asarray(rng.standard_normal(k), dtype) if bias else None
     if soft:
         logits = 2 * rng.standard_normal((n, k))
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         labels = jnp.asarray(probs / probs.sum(axis=1, keepdims=True), dtype)
     else:
         ids = rng.integers(0, k, size=n)
-        if spec.get("ignore") and n > 1:  # leave at least one row counted
+        if ignore and n > 1:
             ids[1::3] = -100
         labels = jnp.asarray(ids, jnp.int32)
-    weights = jnp.asarray(rng.uniform(0.1, 2.0, n), dtype) if spec.get("sample_weight") else None
-    options = dict(
-        sample_weight=weights,
-        l2=spec.get("l2", 0.0),
-        label_smoothing=spec.get("label_smoothing", 0.0),
-    )
-    return _risk.Params(W, b), X, labels, options
+    sample_weight = jnp.asarray(rng.uniform(0.1, 2.0, n), dtype) if weights else None
+    return Params(W, b), X, labels, sample_weight
 
 
 def verify_grid(
@@ -363,11 +371,14 @@ def verify_grid(
         for i, (option_set, kind) in enumerate(combos):
             n, d, k = sizes[i % len(sizes)]
             with enable_x64(dtype_name == "float64"):
-                params, X, labels, options = random_problem(
-                    n, d, k, dtype=jnp.dtype(dtype_name), soft=kind == "soft",
-                    option_set=option_set, seed=seed + i,
-                )
-                report = check_gradient(params, X, labels, seed=seed + i, **options)
+                spec = OPTION_SETS[option_set]
+                params, X, labels, weights = random_problem(
+                    n, d, k, dtype=dtype_name, soft=kind == "soft", seed=seed + i,
+                    bias=spec.get("bias", False), ignore=spec.get("ignore", False),
+                    weights=spec.get("sample_weight", False))
+                report = check_gradient(params, X, labels, seed=seed + i, sample_weight=weights,
+                                        l2=spec.get("l2", 0.0),
+                                        label_smoothing=spec.get("label_smoothing", 0.0))
             report.problem["option_set"] = option_set
             reports.append(report)
     return reports

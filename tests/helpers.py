@@ -6,8 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Normwise relative tolerances per dtype (the issue's accuracy targets).
-RTOL = {jnp.float64: 1e-12, jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
+from jsoftmax._verify import TOLERANCES, random_problem
+
+
+def rtol(dtype) -> float:
+    """Normwise relative tolerance for results computed in ``dtype`` (the library's table)."""
+    return TOLERANCES[jnp.dtype(dtype).name]
 
 
 def normwise_rel_error(actual, expected) -> float:
@@ -21,22 +25,15 @@ def assert_normwise_close(actual, expected, rtol, name=""):
     assert err <= rtol, f"{name}: normwise relative error {err:.3e} > {rtol:.1e}"
 
 
-def make_problem(n, d, k, *, seed=0, dtype=jnp.float64, bias=False, soft=False, scale=1.0):
-    """Random (params W, b, X, labels) as numpy-generated jax arrays of ``dtype``."""
-    rng = np.random.default_rng(seed)
-    X = jnp.asarray(rng.standard_normal((n, d)), dtype)
-    W = jnp.asarray(scale * rng.standard_normal((d, k)) / np.sqrt(d), dtype)
-    b = jnp.asarray(rng.standard_normal(k), dtype) if bias else None
-    if soft:
-        logits = rng.standard_normal((n, k))
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        labels = jnp.asarray(p / p.sum(1, keepdims=True), dtype)
-    else:
-        labels = jnp.asarray(rng.integers(0, k, n), jnp.int32)
-    return W, b, X, labels
+def make_problem(n, d, k, *, seed=0, dtype=jnp.float64, bias=False, soft=False, ignore=False,
+                 scale=1.0):
+    """Random ``(W, b, X, labels)`` from the library's seeded generator."""
+    params, X, labels, _ = random_problem(n, d, k, dtype=dtype, seed=seed, soft=soft, bias=bias,
+                                          ignore=ignore, scale=scale)
+    return params.W, params.b, X, labels
 
 
-# --- Independent plain-jnp risks, one per extension (written from DERIVATION.md) ----------
+# --- Independent plain-jnp risks, one per extension (written from docs/derivation.md) -----
 
 
 def plain_risk(W, X, y):

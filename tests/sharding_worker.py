@@ -5,6 +5,7 @@ Not collected by pytest (no test_ prefix). Every figure is computed here and jud
 
 import json
 import os
+import re
 import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -18,6 +19,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jsoftmax  # noqa: E402
 from jsoftmax._compat import enable_x64  # noqa: E402
+from jsoftmax._verify import random_problem  # noqa: E402
 
 MODES = {"data": ("data", None), "class": (None, "model"), "2d": ("data", "model")}
 
@@ -28,15 +30,9 @@ def rel(a, b):
 
 
 def problem(dtype, n=64, d=6, k=8, soft=False):
-    rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.standard_normal((n, d)), dtype)
-    W = jnp.asarray(rng.standard_normal((d, k)) / 2, dtype)
-    b = jnp.asarray(rng.standard_normal(k), dtype)
-    if soft:
-        y = jnp.asarray(rng.dirichlet(np.ones(k), n), dtype)
-    else:
-        y = jnp.asarray(rng.integers(0, k, n), jnp.int32).at[::7].set(-100)
-    return X, W, b, y
+    params, X, y, _ = random_problem(n, d, k, dtype=dtype, seed=0, soft=soft, bias=True,
+                                     ignore=not soft, scale=2.0)
+    return X, params.W, params.b, y
 
 
 def accuracy(mesh, dtype, soft):
@@ -72,19 +68,39 @@ def accuracy(mesh, dtype, soft):
     return out
 
 
+GATHER = re.compile(r"=\s*(.*?)\s+all-gather(?:-start)?\(")
+SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def gathered_shapes(hlo: str):
+    """(dtype, shape) of the result of every all-gather in an HLO module's text."""
+    shapes = []
+    for line in hlo.splitlines():
+        for result in GATHER.findall(line):
+            for dtype, dims in SHAPE.findall(result):
+                shapes.append((dtype, tuple(int(v) for v in dims.split(",") if v)))
+    return shapes
+
+
 def collectives(mesh):
-    X, W, b, y = problem(jnp.float32, n=64, d=16, k=64)
+    # W (16, 128) is twice as large as X (64, 16): a gathered result as large as W is W.
+    X, W, b, y = problem(jnp.float32, n=64, d=16, k=128)
     out = {}
     for mode, (da, ca) in MODES.items():
         fn = jax.jit(lambda W, b, X: jsoftmax.value_and_grad(jsoftmax.Params(W, b), X, y, check_values=False,
                                                               mesh=mesh, data_axis=da, class_axis=ca))
         hlo = fn.lower(W, b, X).compile().as_text()
-        gathers = [line for line in hlo.splitlines() if "all-gather(" in line or "all-gather-start(" in line]
+        gathers = gathered_shapes(hlo)
         out[mode] = {
             "all_reduce": hlo.count("all-reduce(") + hlo.count("all-reduce-start("),
-            "all_gather_of_W": any("f32[16,64]" in line.split("=")[0] for line in gathers),
-            "all_gather": len(gathers),
+            "gathered": [[dtype, list(shape)] for dtype, shape in gathers],
+            "w_size": int(W.size),
         }
+    # The parser itself: an explicit gather of W must be seen.
+    gather_w = jax.jit(lambda W: 2 * W, out_shardings=NamedSharding(mesh, P()))
+    sharded_w = jax.device_put(W, NamedSharding(mesh, P(None, "model")))
+    out["explicit_gather"] = [[d, list(s)] for d, s in
+                              gathered_shapes(gather_w.lower(sharded_w).compile().as_text())]
     return out
 
 

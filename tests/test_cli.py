@@ -3,9 +3,11 @@
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +92,36 @@ def newest_step(folder):
     return int(found[0].name[5:14]) if found else -1
 
 
+def run_kill_worker(folder, mode, at=0):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).parent.parent))
+    return subprocess.run([sys.executable, str(Path(__file__).parent / "kill_worker.py"), str(folder),
+                           mode, str(at)], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_training_killed_mid_write_and_mid_epoch_resumes_exactly(tmp_path):
+    # Deterministic kills: the process SIGKILLs itself halfway through writing its third
+    # checkpoint, then (resumed) from the progress callback of epoch 5, before that epoch's
+    # checkpoint. Every listed checkpoint must load at each point, and the resumed run must
+    # end bit-identical to one that was never interrupted.
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    killed = run_kill_worker(folder, "mid-write", 3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert newest_step(folder) == 2 and list(folder.glob(".ckpt-*.tmp"))  # half a file, unlisted
+    for path in _checkpoint.list_checkpoints(folder):
+        _checkpoint.load_npz(path, kind="checkpoint")
+    killed = run_kill_worker(folder, "callback", 5)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert newest_step(folder) == 4
+    for path in _checkpoint.list_checkpoints(folder):
+        _checkpoint.load_npz(path, kind="checkpoint")
+    for mode in ("resume", "straight"):
+        done = run_kill_worker(folder, mode)
+        assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(folder / "W-resume.npy"), np.load(folder / "W-straight.npy"))
+
+
+@pytest.mark.slow
 def test_killed_training_never_leaves_an_unloadable_checkpoint(tmp_path):
     folder = tmp_path / "ckpt"
     base = [sys.executable, "-m", "jsoftmax", "train", "--dataset", "digits", "--solver", "adam",

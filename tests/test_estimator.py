@@ -1,6 +1,5 @@
 """SoftmaxRegression: parity with scikit-learn, estimator conventions, persistence, bad input."""
 
-import os
 import zipfile
 
 import numpy as np
@@ -207,4 +206,24 @@ def test_float32_dtype():
     X, y = datasets.load_digits(return_X_y=True)
     model = SoftmaxRegression(dtype="float32", standardize=True, tol=1e-3).fit(X, y)
     assert model.score(X, y) > 0.98
-    assert os.environ.get("JAX_ENABLE_X64") is None  # nothing switched x64 on globally
+    assert model.predict_proba(X[:2]).dtype == np.float64  # scikit-learn's convention
+
+
+def test_float64_fit_does_not_leak_x64():
+    # The float64 estimator computes inside a scoped x64 switch; the flag itself must be back
+    # to what it was after fit, predict and a failing fit alike.
+    import jax
+    import jax.numpy as jnp
+
+    assert not jax.config.jax_enable_x64
+    X, y = datasets.load_iris(return_X_y=True)
+    model = SoftmaxRegression(dtype="float64").fit(X, y)
+    model.predict_proba(X)
+
+    def boom(info):
+        raise RuntimeError("stop inside the float64 fit")
+
+    with pytest.raises(RuntimeError, match="stop inside"):
+        SoftmaxRegression(dtype="float64", max_iter=50).fit(X, y, callback=boom)
+    assert not jax.config.jax_enable_x64
+    assert jnp.zeros(1).dtype == jnp.float32

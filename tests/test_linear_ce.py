@@ -10,23 +10,16 @@ import pytest
 import jsoftmax
 from jsoftmax._compat import enable_x64
 from jsoftmax._engine import choose_chunks
+from jsoftmax._verify import random_problem
 
-from .helpers import RTOL, assert_normwise_close
+from .helpers import assert_normwise_close, rtol
 
 
 def problem(n, d, k, *, seed=0, dtype=jnp.float64, soft=False, ignore=True):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.standard_normal((n, d)), dtype)
-    w = jnp.asarray(rng.standard_normal((d, k)) / np.sqrt(d), dtype)
-    b = jnp.asarray(rng.standard_normal(k) * 0.1, dtype)
-    if soft:
-        p = rng.dirichlet(np.ones(k), size=n)
-        y = jnp.asarray(p, dtype)
-    else:
-        y = jnp.asarray(rng.integers(0, k, n), jnp.int32)
-        if ignore:
-            y = y.at[::5].set(-100)
-    return x, w, b, y
+    """(x, w, bias, labels) from the shared generator; every third row ignored by default."""
+    params, x, y, _ = random_problem(n, d, k, dtype=dtype, seed=seed, soft=soft, bias=True,
+                                     ignore=ignore and not soft)
+    return x, params.W, params.b, y
 
 
 def loss_and_grads(x, w, b, y, reduction, **kwargs):
@@ -88,9 +81,9 @@ def test_low_precision_against_float64(dtype, chunking):
     with enable_x64():
         c = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
         ref_value, ref = loss_and_grads(c(x), c(w), c(b), y, "mean", z_loss=1e-3, implementation="reference")
-    np.testing.assert_allclose(float(value), float(ref_value), rtol=RTOL[dtype])
+    np.testing.assert_allclose(float(value), float(ref_value), rtol=rtol(dtype))
     for g, r, name in zip(grads, ref, "xwb"):
-        assert_normwise_close(g, r, RTOL[dtype], name)
+        assert_normwise_close(g, r, rtol(dtype), name)
 
 
 def test_two_layer_model_head(x64):
@@ -199,3 +192,31 @@ def test_lm_head_shape_float32_against_float64():
     np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5)
     for g, r, name in zip(grads, ref, "xwb"):
         assert_normwise_close(g, r, 1e-5, name)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_soft_label_gradient_matches_reference(x64, reduction, chunking):
+    # Probability rows get their true gradient -c (1 - eps) log softmax(z), chunk by chunk.
+    x, w, b, y = problem(29, 5, 11, seed=8, soft=True)
+    row_weights = jnp.arange(1.0, 30.0)
+
+    def label_grad(implementation, **kwargs):
+        def f(y):
+            out = jsoftmax.linear_cross_entropy(x, w, y, bias=b, reduction=reduction, z_loss=0.01,
+                                                label_smoothing=0.1, implementation=implementation,
+                                                **kwargs)
+            return jnp.sum(out * row_weights) if reduction == "none" else out
+
+        return jax.grad(f)(y)
+
+    assert_normwise_close(label_grad("chunked", **chunking), label_grad("reference"), 1e-12)
+
+
+def test_soft_label_gradient_stays_within_the_chunk_bound():
+    # The gradient with respect to probability rows is written chunk by chunk: besides its own
+    # (N, K) output, the program keeps no N×K scores.
+    x, w, _, y = problem(4096, 32, 2000, dtype=jnp.float32, soft=True)
+    f = jax.jit(jax.grad(lambda y: jsoftmax.risk(w, x, y, chunk_rows=256, check_values=False)))
+    temp = f.lower(y).compile().memory_analysis().temp_size_in_bytes
+    assert temp <= 4096 * 2000 * 4 / 4, temp

@@ -11,12 +11,10 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jsoftmax
-from jsoftmax import _risk
 from jsoftmax._compat import enable_x64
 from jsoftmax._reference import reference_risk
 
 from .helpers import (
-    RTOL,
     assert_normwise_close,
     bias_risk,
     ignore_risk,
@@ -27,6 +25,7 @@ from .helpers import (
     soft_risk,
     weighted_risk,
 )
+from .helpers import rtol as rtol_of
 
 GRID = list(itertools.product([(1, 3, 2), (17, 5, 3), (64, 12, 10)], [False, True], [False, True]))
 
@@ -197,7 +196,7 @@ def test_low_precision_against_float64_reference(dtype, soft):
         ref_value, ref_grad = jax.value_and_grad(reference_risk, argnums=(0, 1))(
             c(W), c(b), c(X), y64, l2=0.01
         )
-    rtol = RTOL[dtype]
+    rtol = rtol_of(dtype)
     np.testing.assert_allclose(float(value), float(ref_value), rtol=rtol)
     assert_normwise_close(grad.W, ref_grad[0], rtol, "dR/dW")
     assert_normwise_close(grad.b, ref_grad[1], rtol, "dR/db")
@@ -269,24 +268,48 @@ def test_predict_and_predict_proba(x64):
     np.testing.assert_array_equal(jsoftmax.predict(jsoftmax.Params(W, b), X), expected.argmax(1))
 
 
-def test_same_shapes_compile_once(monkeypatch):
-    traces = {"n": 0}
-    original = _risk._evaluate
+class CompileCounter:
+    """Counts XLA compilations (jax.monitoring's backend-compile event) inside a ``with``."""
 
-    def counting(*args, **kwargs):
-        traces["n"] += 1
-        return original(*args, **kwargs)
+    def __init__(self):
+        self.count = 0
 
-    monkeypatch.setattr(_risk, "_evaluate", counting)
+    def _listen(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def test_same_shapes_compile_once():
     W, b, X, y = make_problem(37, 11, 13, seed=19, dtype=jnp.float32, bias=True)
-    for seed in range(3):  # new values, same shapes and options
-        _, _, X2, y2 = make_problem(37, 11, 13, seed=seed, dtype=jnp.float32)
-        jsoftmax.value_and_grad(jsoftmax.Params(W, b), X2, y2, l2=0.1 * (seed + 1))
-    assert traces["n"] == 1
-    traces["n"] = 0
-    for seed in range(3):
-        jsoftmax.risk(jsoftmax.Params(W, b), X, y, label_smoothing=0.1 * (seed + 1))
-    assert traces["n"] == 1
+    params = jsoftmax.Params(W, b)
+    calls = {
+        "value_and_grad": lambda X, y, v: jsoftmax.value_and_grad(params, X, y, l2=v),
+        "risk": lambda X, y, v: jsoftmax.risk(params, X, y, label_smoothing=v),
+        "jax.grad(risk)": lambda X, y, v: jax.grad(jsoftmax.risk)(params, X, y, l2=v),
+        "linear_cross_entropy": lambda X, y, v: jsoftmax.linear_cross_entropy(X, W, y, z_loss=v),
+    }
+    for name, call in calls.items():
+        jax.block_until_ready(call(X, y, 0.05))  # the first call may compile
+        with CompileCounter() as counter:
+            for seed in range(3):  # new values, same shapes and options: nothing compiles
+                _, _, X2, y2 = make_problem(37, 11, 13, seed=seed, dtype=jnp.float32)
+                jax.block_until_ready(call(X2, y2, 0.1 * (seed + 1)))
+        assert counter.count == 0, f"{name} compiled {counter.count} programs for new values"
+
+
+def test_compile_counter_sees_a_new_shape():
+    # The counter itself can fail: a shape never used before must compile.
+    W, _, X, y = make_problem(41, 3, 7, seed=0, dtype=jnp.float32)
+    with CompileCounter() as counter:
+        jax.block_until_ready(jsoftmax.risk(W, X, y, l2=0.123))
+    assert counter.count >= 1
 
 
 def test_works_under_jit_vmap_and_grad(x64):
@@ -294,12 +317,29 @@ def test_works_under_jit_vmap_and_grad(x64):
     params = jsoftmax.Params(W, b)
     jitted = jax.jit(lambda p, X, y: jsoftmax.value_and_grad(p, X, y))
     v, g = jitted(params, X, y)
-    np.testing.assert_allclose(v, reference_risk(W, b, X, y), rtol=1e-12)
-    # vmap over a batch of weight matrices.
+    ref_value, (gW, gb) = jax.value_and_grad(reference_risk, argnums=(0, 1))(W, b, X, y)
+    np.testing.assert_allclose(v, ref_value, rtol=1e-12)
+    assert_normwise_close(g.W, gW, 1e-12, "dR/dW under jit")
+    assert_normwise_close(g.b, gb, 1e-12, "dR/db under jit")
+    # vmap over a batch of weight matrices, values and gradients.
     Ws = jnp.stack([W, 2 * W, -W])
-    batched = jax.vmap(lambda W: jsoftmax.risk(W, X, y))(Ws)
-    expected = jnp.stack([reference_risk(w, None, X, y) for w in Ws])
-    np.testing.assert_allclose(batched, expected, rtol=1e-12)
+    batched = jax.vmap(lambda W: jsoftmax.value_and_grad(W, X, y))(Ws)
+    for i, w in enumerate(Ws):
+        ref_value, ref_grad = jax.value_and_grad(reference_risk)(w, None, X, y)
+        np.testing.assert_allclose(batched[0][i], ref_value, rtol=1e-12)
+        assert_normwise_close(batched[1][i], ref_grad, 1e-12, f"vmapped dR/dW {i}")
+    # jax.grad through a jitted, vmapped mean of risks.
+    got = jax.jit(jax.grad(lambda Ws: jnp.mean(jax.vmap(lambda W: jsoftmax.risk(W, X, y))(Ws))))(Ws)
+    want = jax.grad(lambda Ws: jnp.mean(jnp.stack([reference_risk(w, None, X, y) for w in Ws])))(Ws)
+    assert_normwise_close(got, want, 1e-12, "grad of vmapped risk")
+
+
+def test_forward_mode_raises_the_documented_error(x64):
+    W, _, X, y = make_problem(6, 3, 4, seed=21)
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff \\(jvp\\) to a custom_vjp"):
+        jax.jvp(lambda W: jsoftmax.risk(W, X, y), (W,), (W,))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: jsoftmax.linear_cross_entropy(x, W, y), (X,), (X,))
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 16, 64])

@@ -69,16 +69,42 @@ def test_minibatch_epochs_are_seeded_and_validate(x64, blobs):
     assert a.stop_reason == "max_epochs"
 
 
+def gradient_recorder(seen):
+    """An optax transformation that records every gradient it is given and never moves."""
+
+    def update(updates, state, params=None):
+        jax.debug.callback(lambda g: seen.append(np.asarray(g)), updates.W, ordered=True)
+        return jax.tree_util.tree_map(jnp.zeros_like, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def test_minibatch_uses_every_sample_each_epoch(x64):
-    # 10 rows in batches of 4: 3 steps, the last padded with weight-0 rows. One epoch of SGD
-    # with lr and a single batch holding all rows equals one full-batch gradient step.
+    # 10 rows in batches of 4: 3 steps holding 4, 4 and 2 real rows (the last padded with
+    # weight-0 rows). Each step's gradient is its batch's mean, so the real-row-weighted sum of
+    # the step gradients must equal the full-data gradient: a dropped, repeated or mis-weighted
+    # row (a padded row counted) breaks the equality.
     W, b, X, y = make_problem(10, 3, 4, seed=2, bias=True)
+    seen = []
+    result = jsoftmax.fit(jsoftmax.Params(W, b), X, y, gradient_recorder(seen), batch_size=4,
+                          max_epochs=1)
+    assert result.n_iter == 3 and len(seen) == 3
+    full = jsoftmax.risk_grad(jsoftmax.Params(W, b), X, y)
+    combined = (4 * seen[0] + 4 * seen[1] + 2 * seen[2]) / 10
+    np.testing.assert_allclose(combined, full.W, rtol=1e-12, atol=1e-15)
+    # One batch holding every row is one full-batch gradient step.
     one = jsoftmax.fit(jsoftmax.Params(W, b), X, y, optax.sgd(0.1), batch_size=10, max_epochs=1)
-    g = jsoftmax.risk_grad(jsoftmax.Params(W, b), X, y)
-    np.testing.assert_allclose(one.params.W, W - 0.1 * g.W, rtol=1e-12)
-    padded = jsoftmax.fit(jsoftmax.Params(W, b), X, y, optax.sgd(0.0), batch_size=4, max_epochs=1)
-    assert padded.n_iter == 3
-    assert np.isfinite(padded.history["loss"][0])
+    np.testing.assert_allclose(one.params.W, W - 0.1 * full.W, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [None, 50])
+def test_divergence_is_reported(blobs, batch_size):
+    # A step size so large that W overflows: the scores become inf - inf = NaN.
+    X, y = jnp.asarray(blobs[0], jnp.float32), jnp.asarray(blobs[1])
+    result = jsoftmax.fit(start(4, 3, jnp.float32), X, y, optax.sgd(1e38), batch_size=batch_size,
+                          max_iter=50, max_epochs=5)
+    assert result.stop_reason == "diverged" and not result.converged
+    assert not np.isfinite(result.grad_norm) or not np.isfinite(result.history["loss"][-1])
 
 
 def test_early_stopping_restores_best(x64, blobs):

@@ -29,15 +29,15 @@ def test_report_rows_cover_every_step(x64):
 
 def test_report_detects_a_wrong_gradient(x64, monkeypatch):
     # A check that cannot fail proves nothing: break the kernel and the report must say so.
-    from jsoftmax import _risk
+    from jsoftmax import _engine
 
-    original = _risk._evaluate
+    original = _engine.evaluate
 
     def wrong(*args, **kwargs):
         full = original(*args, **kwargs)
         return full._replace(gW=None if full.gW is None else full.gW * 1.001)
 
-    monkeypatch.setattr(_risk, "_evaluate", wrong)
+    monkeypatch.setattr(_engine, "evaluate", wrong)
     W, _, X, y = make_problem(11, 4, 3, seed=1)
     # Shapes used by no other test, so the broken body is traced afresh.
     report = jsoftmax.check_gradient(W, X, y, l2=0.123)

@@ -1,0 +1,419 @@
+r"""The public loss functions: one preamble, one custom VJP, thin wrappers.
+
+Every public loss is the same operation — scores :math:`Z = XW + b` into a weighted
+cross-entropy (``docs/derivation.md``) — so every entry point goes through :func:`prepare`
+(validate, place on a mesh, check values; returns a :class:`~jsoftmax._types.LossSpec` and a
+:class:`~jsoftmax._types.Plan`) and through one ``jax.custom_vjp``, :func:`loss`, whose backward
+is the analytic gradient computed by the engine. ``risk`` is :func:`loss` with
+``reduction="mean"`` plus :math:`\tfrac{\lambda}{2}\lVert W\rVert^2`, added outside the VJP
+(plain autodiff differentiates it); ``linear_cross_entropy`` is :func:`loss` itself.
+
+Backward passes (chosen by the reduction):
+
+* scalar loss ("mean", "sum"): when differentiated, the forward pass computes the loss and
+  every requested gradient in the same pass over each chunk of scores, and the backward only
+  scales them by the scalar cotangent (the Liger-Kernel form; one x@W per chunk).
+* "none": the cotangent is per row and unknown in the forward, so the forward saves the (N,)
+  log-sum-exp and the backward recomputes each chunk's scores (the cut-cross-entropy form).
+
+Gradients flow to W, b, X, probability labels and sample weights; integer labels get none.
+Forward-mode differentiation (``jax.jvp``) is not supported by a custom VJP and raises
+``TypeError``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from . import _engine, _mesh, _rows, _validate
+from ._reference import reference_loss
+from ._types import (
+    Bias,
+    Features,
+    Labels,
+    LossSpec,
+    Params,
+    Plan,
+    RowValues,
+    Want,
+    Weights,
+    accumulation_dtype,
+)
+
+IMPLEMENTATIONS = ("auto", "chunked", "reference")
+
+
+# --- the preamble ------------------------------------------------------------------------
+
+
+def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.0, z_loss=0.0,
+            ignore_index=-100, reduction="mean", check_values=True, chunk_rows=None,
+            class_chunk=None, mesh=None, data_axis=None, class_axis=None
+            ) -> tuple[_validate.Problem, LossSpec, Plan]:
+    """Validate and place the inputs of any loss; return them with what the loss is and how it
+    runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``)."""
+    problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing,
+                                        ignore_index)
+    _validate.check_scalar(z_loss, "z_loss", low=0.0, high=None)
+    chunk_rows = _validate.check_chunk(chunk_rows, "chunk_rows")
+    class_chunk = _validate.check_chunk(class_chunk, "class_chunk_size")
+    n, k = problem.X.shape[0], problem.W.shape[1]
+    _mesh.check_mesh(mesh, data_axis, class_axis, n, k)
+    if class_axis is not None and class_chunk is not None:
+        raise ValueError("`class_chunk_size` cannot be combined with `class_axis`: the mesh "
+                         "splits the classes.")
+    placed = _mesh.place_inputs(mesh, data_axis, class_axis, W=problem.W, b=problem.b,
+                                X=problem.X, labels=problem.labels,
+                                sample_weight=problem.sample_weight)
+    problem = problem._replace(**placed)
+    if check_values:
+        _validate.check_values(problem, ignore_index)
+    spec = LossSpec(soft=problem.soft, ignore_index=int(ignore_index),
+                    smoothing=_validate.is_active(label_smoothing),
+                    z_loss=_validate.is_active(z_loss), reduction=reduction)
+    plan = _engine.make_plan(n, problem.X.shape[1], k, chunk_rows=chunk_rows, class_chunk=class_chunk,
+                             mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis)
+    return problem, spec, plan
+
+
+# --- the one operation and its custom VJP ---------------------------------------------------
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def loss(W: Weights, b: Bias | None, X: Features, labels: Labels, sample_weight: RowValues | None,
+         eps, zeta, spec: LossSpec, plan: Plan, return_lse: bool = False):
+    """Σₙ cₙℓₙ (or cₙℓₙ per row for ``spec.reduction == "none"``) of validated inputs.
+
+    Returns the loss in the accumulation dtype, and the (N,) log-sum-exp with ``return_lse``.
+    """
+    coef = _rows.row_coefficients(labels, sample_weight, spec, accumulation_dtype(X.dtype))
+    want = Want(rows=spec.reduction == "none" or return_lse)
+    ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan, want)
+    return _package(ev, coef, spec, return_lse)
+
+
+def _package(ev, coef, spec: LossSpec, return_lse: bool):
+    out = jnp.where(coef != 0, coef * ev.loss, 0) if spec.reduction == "none" else ev.value
+    return (out, ev.lse) if return_lse else out
+
+
+def _primal(arg):
+    """(value, perturbed) of a symbolic-zeros primal; ``None`` (an empty pytree) stays None."""
+    return (None, False) if arg is None else (arg.value, arg.perturbed)
+
+
+def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse):
+    (W, W_p), (b, b_p), (X, X_p), (labels, y_p), (sw, sw_p), (eps, eps_p), (zeta, zeta_p) = map(
+        _primal, (W, b, X, labels, sample_weight, eps, zeta))
+    if eps_p or zeta_p:
+        raise TypeError("differentiating with respect to `label_smoothing` or `z_loss` is not "
+                        "supported; pass them as constants.")
+    acc = accumulation_dtype(X.dtype)
+    coef = _rows.row_coefficients(labels, sw, spec, acc)
+    grads = Want(grad_W=W_p or b_p, grad_X=X_p, grad_labels=y_p and spec.soft)
+    if spec.reduction == "none":
+        # Recompute form: keep the per-row log-sum-exp (and losses, for the weights' gradient).
+        ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan, Want(rows=True))
+        # Residuals must be JAX values: "which gradients" travels as None / an empty array.
+        flags = tuple(jnp.zeros((0,)) if flag else None for flag in grads)
+        residuals = (W, b, X, labels, sw, eps, zeta, ev.lse, ev.loss if sw_p else None, flags)
+        return _package(ev, coef, spec, return_lse), residuals
+    # One-pass form: every gradient now, scaled by the scalar cotangent in the backward.
+    ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan,
+                          grads._replace(rows=sw_p or return_lse))
+    g_sw = None
+    if sw_p:
+        mask = _rows.counted_rows(labels, spec, acc)
+        if spec.reduction == "mean":
+            # R = Σ m w ℓ / Σ m w  ⇒  ∂R/∂wₙ = mₙ (ℓₙ − R) / Σ m w
+            total = jnp.sum(mask * sw.astype(acc))
+            g_sw = mask * jnp.where(mask != 0, ev.loss - ev.value, 0) / total
+        else:
+            g_sw = jnp.where(mask != 0, mask * ev.loss, 0)
+    residuals = tuple(None if g is None else g.astype(like.dtype) for g, like in
+                      ((ev.gW, W), (ev.gb, b), (ev.gX, X), (ev.g_labels, labels), (g_sw, sw)))
+    return _package(ev, coef, spec, return_lse), residuals
+
+
+def _loss_bwd(spec, plan, return_lse, residuals, cotangent):
+    if return_lse:
+        cotangent, lse_cotangent = cotangent
+        if not isinstance(lse_cotangent, SymbolicZero):
+            raise TypeError("the returned log-sum-exp is an auxiliary output and is not "
+                            "differentiated; use `z_loss` to penalise it.")
+    if isinstance(cotangent, SymbolicZero):
+        cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
+    if spec.reduction != "none":
+        return tuple(None if r is None else (cotangent * r).astype(r.dtype) for r in residuals) + (None, None)
+    W, b, X, labels, sw, eps, zeta, lse, row_loss, flags = residuals
+    grads = Want(*(flag is not None for flag in flags))
+    coef = _rows.row_coefficients(labels, sw, spec, lse.dtype)
+    ev = _engine.evaluate(W, b, X, labels, coef * cotangent.astype(lse.dtype), eps, zeta, spec,
+                          plan, grads, lse=lse)
+
+    def cast(g, like):
+        return None if g is None else g.astype(like.dtype)
+
+    g_sw = None
+    if row_loss is not None:  # ∂(wₙmₙℓₙ)/∂wₙ = mₙℓₙ, times the row's cotangent
+        mask = _rows.counted_rows(labels, spec, lse.dtype)
+        g_sw = cast(jnp.where(mask != 0, mask * row_loss * cotangent, 0), sw)
+    return (cast(ev.gW, W), cast(ev.gb, b), cast(ev.gX, X), cast(ev.g_labels, labels), g_sw,
+            None, None)
+
+
+loss.defvjp(_loss_fwd, _loss_bwd, symbolic_zeros=True)
+_loss_jit = jax.jit(loss, static_argnums=(7, 8, 9))
+
+
+def objective(params: Params, X: Features, labels: Labels, sample_weight: RowValues | None, l2,
+              eps, spec: LossSpec, plan: Plan) -> jax.Array:
+    r"""The risk :math:`\sum_n c_n \ell_n + \tfrac{\lambda}{2}\lVert W \rVert^2` of validated
+    inputs: :func:`loss` plus the penalty, which plain autodiff differentiates."""
+    value = loss(params.W, params.b, X, labels, sample_weight, eps, 0.0, spec, plan)
+    return value + 0.5 * l2 * jnp.sum(jnp.square(params.W.astype(value.dtype)))
+
+
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _risk_jit(params, X, labels, sample_weight, l2, eps, *, spec, plan):
+    return objective(params, X, labels, sample_weight, l2, eps, spec, plan)
+
+
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _value_and_grad_jit(params, X, labels, sample_weight, l2, eps, *, spec, plan):
+    return jax.value_and_grad(objective)(params, X, labels, sample_weight, l2, eps, spec, plan)
+
+
+# --- public API ---------------------------------------------------------------------------
+
+
+def _risk_inputs(params, X, labels, options):
+    problem, spec, plan = prepare(params, X, labels, **options)
+    return (Params(problem.W, problem.b), problem.X, problem.labels, problem.sample_weight,
+            options.get("l2", 0.0), options.get("label_smoothing", 0.0)), dict(spec=spec, plan=plan)
+
+
+def _options(sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
+             data_axis, class_axis) -> dict[str, Any]:
+    return dict(sample_weight=sample_weight, l2=l2, label_smoothing=label_smoothing,
+                ignore_index=ignore_index, check_values=check_values, chunk_rows=chunk_rows,
+                mesh=mesh, data_axis=data_axis, class_axis=class_axis)
+
+
+def risk(
+    params: Params | Weights,
+    X: Features,
+    labels: Labels,
+    *,
+    sample_weight: RowValues | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    check_values: bool = True,
+    chunk_rows: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
+) -> jax.Array:
+    r"""Cross-entropy risk of softmax regression.
+
+    .. math::
+
+        R(W, b) = -\frac{1}{\sum_n s_n} \sum_n s_n\, t_n^\top \log \mathrm{softmax}(W^\top x_n + b)
+                  + \frac{\lambda}{2} \lVert W \rVert^2, \qquad t_n = (1-\varepsilon) y_n + \varepsilon / K
+
+    Differentiable with ``jax.grad``/``jax.vjp``: the backward pass is the analytic gradient
+    (a custom VJP), with respect to ``W``, ``b``, ``X``, probability labels, ``sample_weight``
+    and ``l2``. Forward-mode differentiation is not supported.
+
+    Args:
+      params: :class:`Params` ``(W (D, K), b (K,) or None)`` or a bare ``W`` (D, K).
+      X: (N, D) features, float64/float32/bfloat16 (16-bit inputs accumulate in float32).
+      labels: (N,) integer class ids in ``[0, K)`` or (N, K) probability rows.
+      sample_weight: optional (N,) non-negative weights :math:`s_n` (default 1).
+      l2: L2 penalty :math:`\lambda \ge 0` on ``W`` (not on ``b``).
+      label_smoothing: :math:`\varepsilon \in [0, 1)`.
+      ignore_index: integer label that marks a row to leave out of the sum and the count.
+      check_values: validate label ranges, probability rows, finiteness of X and weights
+        (eagerly for concrete data, at run time under ``jit``); see ``jsoftmax._validate``.
+      chunk_rows: rows of scores live at a time (static). Default: the measured rule of
+        ``jsoftmax._engine.choose_chunks`` (≥ 1024 rows, ≤ 128 MiB of f32 scores).
+      mesh, data_axis, class_axis: run sharded over a ``jax.sharding.Mesh``: rows over
+        ``data_axis``, W's columns over ``class_axis`` (either or both; see ``_mesh``).
+
+    Returns:
+      The scalar risk, float32 for 16-bit inputs, else the dtype of ``X``.
+
+    Example:
+      >>> import jax.numpy as jnp, jsoftmax
+      >>> X = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> float(jsoftmax.risk(jnp.zeros((2, 3)), X, jnp.array([0, 2])))  # log 3
+      1.0986123...
+    """
+    args, statics = _risk_inputs(params, X, labels, _options(
+        sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
+        data_axis, class_axis))
+    return _risk_jit(*args, **statics)
+
+
+def value_and_grad(
+    params: Params | Weights,
+    X: Features,
+    labels: Labels,
+    *,
+    sample_weight: RowValues | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    check_values: bool = True,
+    chunk_rows: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
+) -> tuple[jax.Array, Params | Weights]:
+    r"""The risk and its analytic gradient in one pass that shares the softmax.
+
+    .. math::
+
+        \frac{\partial R}{\partial W} = X^\top(\hat Y \odot \textstyle\sum_k T - T)\, \mathrm{diag}(c)
+        + \lambda W, \qquad \frac{\partial R}{\partial b} = \textstyle\sum_n c_n (\hat y_n - t_n)
+
+    (with probability targets, :math:`\hat Y - Y` scaled by :math:`1/N` for unweighted rows).
+    Same arguments as :func:`risk`.
+
+    Returns:
+      ``(risk, grad)`` where ``grad`` has the structure of ``params``: a :class:`Params` with
+      ``W`` (D, K) and ``b`` (K,) or None, or a bare (D, K) array when a bare ``W`` was given.
+
+    Example:
+      >>> import jax.numpy as jnp, jsoftmax
+      >>> X = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> value, grad = jsoftmax.value_and_grad(jsoftmax.Params(jnp.zeros((2, 3)), jnp.zeros(3)),
+      ...                                       X, jnp.array([0, 2]))
+      >>> grad.b  # mean of softmax - onehot: (1/3 - 1/2, 1/3, 1/3 - 1/2)
+      Array([-0.16666..., 0.33333..., -0.16666...], dtype=float32)
+    """
+    args, statics = _risk_inputs(params, X, labels, _options(
+        sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
+        data_axis, class_axis))
+    value, grad = _value_and_grad_jit(*args, **statics)
+    return value, grad if isinstance(params, Params) else grad.W
+
+
+def risk_grad(params: Params | Weights, X: Features, labels: Labels, **options: Any
+              ) -> Params | Weights:
+    r"""The analytic gradient :math:`X^\top(\mathrm{softmax}(XW + b) - Y)/N + \lambda W`.
+
+    The custom VJP's closed-form expression, never autodiff of the loss. Same arguments as
+    :func:`risk`; returns the gradient in the structure of ``params``.
+    """
+    return value_and_grad(params, X, labels, **options)[1]
+
+
+def linear_cross_entropy(
+    x: Features,
+    w: Weights,
+    labels: Labels,
+    *,
+    bias: Bias | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    implementation: str = "auto",
+    chunk_size: int | None = None,
+    class_chunk_size: int | None = None,
+    return_lse: bool = False,
+    check_values: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
+    class_axis: str | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Cross-entropy of the linear head ``x @ w + bias`` without materialising the logits.
+
+    .. math::
+
+        \ell_n = \mathrm{lse}(z_n) \textstyle\sum_k t_{nk} - t_n^\top z_n + \zeta\, \mathrm{lse}(z_n)^2,
+        \qquad z_n = x_n W + b,\; t_n = (1-\varepsilon) y_n + \varepsilon / K
+
+    Args:
+      x: (N, D) inputs (e.g. a language model's final hidden states), f32/f64/bf16.
+      w: (D, K) head weights, same dtype as ``x``; bias: optional (K,).
+      labels: (N,) integer ids in [0, K) (``ignore_index`` rows leave the loss and the count),
+        or (N, K) probability rows (which get their gradient, −(1−ε)·log softmax).
+      reduction: "mean" over counted rows, "sum", or "none" (per row, 0 on ignored rows).
+      label_smoothing: ε in [0, 1). z_loss: ζ ≥ 0, adds ζ·lse² per row (PaLM's z-loss).
+      implementation: "auto" or "chunked" (row chunks, class blocks when K is huge, the
+        analytic backward), or "reference" (materialised logits, JAX autodiff; the oracle).
+      chunk_size: rows per chunk; class_chunk_size: classes per block (online log-sum-exp).
+        Default: a rule from measured block sizes within a 128 MiB budget.
+      return_lse: also return the (N,) log-sum-exp (auxiliary; not differentiated).
+      check_values: label-range and finiteness checks (see :func:`jsoftmax.risk`).
+      mesh, data_axis, class_axis: shard rows over ``data_axis`` and W's columns over
+        ``class_axis`` of a ``jax.sharding.Mesh`` (chunked implementation only).
+
+    Returns:
+      The loss (a scalar, or (N,) with ``reduction="none"``), float32 for 16-bit inputs;
+      ``(loss, lse)`` with ``return_lse``. Gradients with respect to x, w and bias come back in
+      their own dtypes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jsoftmax
+      >>> x = jnp.ones((4, 3)); w = jnp.zeros((3, 5)); y = jnp.array([0, 1, 2, -100])
+      >>> round(float(jsoftmax.linear_cross_entropy(x, w, y)), 5)  # log 5 over the 3 counted rows
+      1.60944
+      >>> jax.grad(jsoftmax.linear_cross_entropy, argnums=1)(x, w, y).shape
+      (3, 5)
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
+                         f"got {implementation!r}.")
+    if mesh is not None and implementation == "reference":
+        raise ValueError("`mesh` needs implementation='chunked' or 'auto'.")
+    chunk_size = _validate.check_chunk(chunk_size, "chunk_size")
+    problem, spec, plan = prepare(
+        Params(w, bias), x, labels, label_smoothing=label_smoothing, z_loss=z_loss,
+        ignore_index=ignore_index, reduction=reduction, check_values=check_values,
+        chunk_rows=chunk_size, class_chunk=class_chunk_size, mesh=mesh, data_axis=data_axis,
+        class_axis=class_axis)
+    args = (problem.W, problem.b, problem.X, problem.labels, None, label_smoothing, z_loss)
+    if implementation == "reference":
+        return _reference_jit(*args, spec, bool(return_lse))
+    return _loss_jit(*args, spec, plan, bool(return_lse))
+
+
+@partial(jax.jit, static_argnums=(7, 8))
+def _reference_jit(W, b, X, labels, sample_weight, eps, zeta, spec: LossSpec, return_lse: bool):
+    """The plain definition with materialised logits, differentiated by JAX's own autodiff."""
+    acc = accumulation_dtype(X.dtype)
+    out = reference_loss(X, W, b, labels, sample_weight=sample_weight, label_smoothing=eps,
+                         z_loss=zeta, ignore_index=spec.ignore_index, reduction=spec.reduction,
+                         accumulate=acc)
+    if not return_lse:
+        return out
+    return out, jax.lax.stop_gradient(jax.nn.logsumexp(_engine.scores(W, b, X), axis=-1))
+
+
+@jax.jit
+def _proba_jit(W, b, X):
+    return jax.nn.softmax(_engine.scores(W, b, X), axis=-1)
+
+
+@jax.jit
+def _predict_jit(W, b, X):
+    return jnp.argmax(_engine.scores(W, b, X), axis=-1)
+
+
+def predict_proba(params: Params | Weights, X: Features) -> jax.Array:
+    """Class probabilities softmax(XW + b), shape (N, K) (float32 for 16-bit inputs)."""
+    return _proba_jit(*_validate.prepare_features(params, X))
+
+
+def predict(params: Params | Weights, X: Features) -> jax.Array:
+    """Most probable class id per row, argmax of XW + b, shape (N,)."""
+    return _predict_jit(*_validate.prepare_features(params, X))
