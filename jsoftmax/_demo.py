@@ -43,10 +43,10 @@ def run_demo(out_dir: str = "jsoftmax-out", *, as_json: bool = False, quiet: boo
         f"converged={opt['converged']}.")
 
     # The analytic gradient at the fitted point against jax.grad, step by step, in float64.
-    scaled = model._transform(X_train)
+    scaled = (X_train - model.mean_) / model.scale_  # the model's own standardisation
     with enable_x64():
         report = check_gradient(
-            Params(jnp.asarray(model._W), jnp.asarray(model._b)), jnp.asarray(scaled),
+            Params(jnp.asarray(model.coef_.T), jnp.asarray(model.intercept_)), jnp.asarray(scaled),
             jnp.asarray(np.searchsorted(model.classes_, y_train), jnp.int32), l2=1.0 / (C * len(y_train)),
         )
     say("\nGradient check at the fitted parameters (float64):")
