@@ -33,7 +33,7 @@ import optax
 from jax import lax
 
 from . import _api, _checkpoint, _engine, _validate
-from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights
+from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights, accumulation_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +82,22 @@ def _inf_norm(tree) -> jax.Array:
     return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
+def _in_dtype(params: Params, dtype) -> Params:
+    """The (float32 master) params in the data's dtype; a no-op when they already match."""
+    return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+
+
 def _objective(data, spec: LossSpec, plan: Plan):
-    """The risk as a function of the params; ``data = (X, labels, weights, l2, smoothing)``."""
+    """The risk as a function of the params; ``data = (X, labels, weights, l2, smoothing)``.
+
+    16-bit data is trained with float32 master params (and so float32 optimizer state): the
+    params are cast to the data's dtype for the risk, and its gradient comes back in float32.
+    """
     X, labels, sample_weight, l2, smoothing = data
 
     def objective(params: Params):
-        return _api.objective(params, X, labels, sample_weight, l2, smoothing, spec, plan)
+        return _api.objective(_in_dtype(params, X.dtype), X, labels, sample_weight, l2, smoothing,
+                              spec, plan)
 
     return objective
 
@@ -169,6 +179,7 @@ def _epoch(params, state, key, data, *, optimizer, spec, plan, batch_size):
 def _metrics(params, data, *, spec, plan):
     """(risk without penalty, accuracy over counted rows) on a data set."""
     X, labels, sample_weight, _, smoothing = data
+    params = _in_dtype(params, X.dtype)
     loss = _api.objective(params, X, labels, sample_weight, 0.0, smoothing, spec, plan)
     predicted = jnp.argmax(_engine.scores(params.W, params.b, X), axis=-1)
     if spec.soft:
@@ -273,12 +284,13 @@ def fit(
         raise ValueError(f"`batch_size`={batch_size} must be a multiple of the {data_axis!r} axis size "
                          f"{mesh.shape[data_axis]}.")
     data = (X, labels, sample_weight, l2, label_smoothing)
-    start = Params(W, b)
+    # 16-bit params train as float32 masters (see _objective) and come back in their dtype.
+    start = _in_dtype(Params(W, b), accumulation_dtype(W.dtype))
     validation = None
     if validation_data is not None:
         if not (isinstance(validation_data, tuple) and len(validation_data) == 2):
             raise TypeError("`validation_data` must be a tuple (X_val, labels_val).")
-        vproblem = _validate.prepare_problem(start, validation_data[0], validation_data[1], None,
+        vproblem = _validate.prepare_problem(Params(W, b), validation_data[0], validation_data[1], None,
                                              0.0, label_smoothing, ignore_index)
         _validate.check_values(vproblem, ignore_index)
         if vproblem.soft != soft:
@@ -303,6 +315,7 @@ def fit(
         stop_reason = "diverged"
     elif stop_reason not in ("gtol", "early_stopping", "diverged") and grad_norm <= tol:
         stop_reason = "gtol"
+    fitted = _in_dtype(fitted, W.dtype)
     out = fitted if isinstance(params, Params) else fitted.W
     return FitResult(out, history, n_iter, n_epochs, stop_reason in ("gtol", "early_stopping"),
                      grad_norm, stop_reason)
