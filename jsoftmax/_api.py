@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from . import _engine, _mesh, _rows, _validate
@@ -73,6 +74,9 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     problem = problem._replace(**placed)
     if check_values:
         _validate.check_values(problem, ignore_index)
+        _validate.check_params(problem.W, problem.b, l2=(l2, 0.0, np.inf),
+                               label_smoothing=(label_smoothing, 0.0, 1.0),
+                               z_loss=(z_loss, 0.0, np.inf))
     spec = LossSpec(soft=problem.soft, ignore_index=int(ignore_index),
                     smoothing=_validate.is_active(label_smoothing),
                     z_loss=_validate.is_active(z_loss), reduction=reduction)
@@ -131,8 +135,8 @@ def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse)
         mask = _rows.counted_rows(labels, spec, acc)
         if spec.reduction == "mean":
             # R = Σ m w ℓ / Σ m w  ⇒  ∂R/∂wₙ = mₙ (ℓₙ − R) / Σ m w
-            total = jnp.sum(mask * sw.astype(acc))
-            g_sw = mask * jnp.where(mask != 0, ev.loss - ev.value, 0) / total
+            peak, inverse = _rows.weight_scale(mask * sw.astype(acc))
+            g_sw = (mask * jnp.where(mask != 0, ev.loss - ev.value, 0) / peak) * inverse
         else:
             g_sw = jnp.where(mask != 0, mask * ev.loss, 0)
     residuals = tuple(None if g is None else g.astype(like.dtype) for g, like in

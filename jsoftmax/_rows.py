@@ -185,8 +185,19 @@ def row_coefficients(labels, sample_weight, spec: LossSpec, dtype) -> Float[Arra
         weights = weights * sample_weight.astype(dtype)
     if spec.reduction != "mean":
         return weights
-    total = jnp.sum(weights)
-    # All-zero weights (a padded minibatch) contribute nothing instead of 0/0; the public
-    # functions reject such input before it gets here.
-    return weights / jnp.where(total > 0, total, 1)
+    peak, inverse = weight_scale(weights)
+    return (weights / peak) * inverse
 
+
+def weight_scale(weights: Float[Array, " N"]) -> tuple[jax.Array, jax.Array]:
+    """(peak, inverse) with 1/Σw = inverse / peak, computed without overflow or underflow.
+
+    Weights near the float32 limit (1e38) would sum to inf and tiny ones to 0, so the sum is
+    taken of w / max(w), which lies in [1, N]; divide by ``peak`` before multiplying by
+    ``inverse``. ``inverse`` is 0 when every weight is 0 (a padded minibatch then contributes
+    nothing; the public functions reject such input before it gets here).
+    """
+    peak = jnp.max(weights)
+    peak = jnp.where(peak > 0, peak, 1)
+    total = jnp.sum(weights / peak)
+    return peak, jnp.where(total > 0, 1 / jnp.where(total > 0, total, 1), 0)

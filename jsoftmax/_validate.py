@@ -127,7 +127,7 @@ def prepare_problem(
     W, b, X = prepare_features(params, X)
     n, k = X.shape[0], W.shape[1]
 
-    labels = _as_array(labels, "labels")
+    labels = _class_ids_if_integer(labels, k)
     if jnp.issubdtype(labels.dtype, jnp.bool_):
         raise TypeError("`labels` must be integer class ids or float probability rows; got bool.")
     if jnp.issubdtype(labels.dtype, jnp.integer):
@@ -171,7 +171,36 @@ def prepare_problem(
     check_scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
         raise TypeError(f"`ignore_index` must be a Python int; got {ignore_index!r}.")
+    if not _INT32.min <= ignore_index <= _INT32.max:
+        raise ValueError(f"`ignore_index` must fit in int32 like the class ids; got {ignore_index}.")
     return Problem(W, b, X, labels, sample_weight, soft)
+
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _class_ids_if_integer(labels: Any, n_classes: int) -> jax.Array:
+    """Integer labels as int32 (int64 under x64 stays int64), so that comparisons with
+    ``ignore_index`` and the class iota never wrap: uint8 labels compared with -100 would read
+    it as 156, and a uint8 iota over K > 256 classes would repeat. Wider unsigned or int64 ids
+    that do not fit int32 are out of any class range and are refused before the cast."""
+    raw = labels if isinstance(labels, (jax.Array, np.ndarray)) else np.asarray(labels)
+    dtype = np.dtype(raw.dtype) if hasattr(raw, "dtype") else None
+    if dtype is None or dtype.kind not in "iu":
+        return _as_array(labels, "labels")
+    if dtype == np.int32 or (dtype == np.int64 and isinstance(raw, jax.Array)):
+        return raw
+    if dtype.itemsize <= 2:
+        return jnp.asarray(raw).astype(jnp.int32)
+    if is_tracer(raw):
+        raise TypeError(f"`labels` of dtype {dtype} inside a traced function cannot be checked to "
+                        "fit int32; pass int32 class ids.")
+    values = np.asarray(raw)
+    if values.size and (values.max() > _INT32.max or values.min() < _INT32.min):
+        bad = int(values.max()) if values.max() > _INT32.max else int(values.min())
+        raise ValueError(f"`labels` must be class ids in [0, {n_classes}) or ignore_index; got {bad}, "
+                         "which does not even fit int32.")
+    return jnp.asarray(values.astype(np.int32))
 
 
 def check_scalar(value: Any, name: str, low: float, high: float | None) -> None:
@@ -233,12 +262,34 @@ def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
     summary["first_bad_value"] = jnp.sum(jnp.where(at_first, row_value, 0))
     if sample_weight is None:
         summary["weights_ok"] = jnp.array(True)
-        summary["total_weight"] = jnp.sum(counted).astype(jnp.float32)
+        summary["any_weight"] = jnp.any(counted)
     else:
         w = sample_weight
         summary["weights_ok"] = jnp.all(jnp.isfinite(w) & (w >= 0))
-        summary["total_weight"] = jnp.sum(jnp.where(counted, w, 0)).astype(jnp.float32)
+        # "Some counted row has weight > 0", asked of each weight in its own dtype: a sum in
+        # float32 would call 1e-50 weights zero and 1e38 weights infinite.
+        summary["any_weight"] = jnp.any(counted & (w > 0))
     return summary
+
+
+@jax.jit
+def _params_summary(W, b, options):
+    """Finiteness of the parameters and the ranges of traced options (run inside the program)."""
+    finite = jnp.all(jnp.isfinite(W)) & (True if b is None else jnp.all(jnp.isfinite(b)))
+    ok = {name: (value >= low) & (value < high) for name, (value, low, high) in options.items()}
+    return {"params_finite": finite, **ok}
+
+
+def _raise_if_bad_params(summary: dict, *, options: dict) -> None:
+    s = {key: np.asarray(value) for key, value in summary.items()}
+    if not s.pop("params_finite").all():
+        raise ValueError("`params` contain NaN or inf (W or b); the risk and its gradient would be "
+                         "NaN. Check the initialisation or the optimizer's step size.")
+    for name, ok in s.items():
+        if not ok.all():
+            low, high = options[name]
+            raise ValueError(f"`{name}` must lie in [{low}, {'inf' if high == np.inf else high}); "
+                             "got a traced value outside it.")
 
 
 def _raise_if_invalid(summary: dict, *, soft: bool, n_classes: int, ignore_index: int) -> None:
@@ -260,11 +311,29 @@ def _raise_if_invalid(summary: dict, *, soft: bool, n_classes: int, ignore_index
         )
     if not s["weights_ok"].all():
         raise ValueError("`sample_weight` must be finite and non-negative.")
-    if (s["total_weight"] <= 0).any():
+    if not s["any_weight"].all():
         raise ValueError(
             "no sample counts towards the risk: every label equals ignore_index="
             f"{ignore_index} or every counted row has weight 0."
         )
+
+
+def check_params(W, b, **options: tuple[Any, float, float]) -> None:
+    """NaN/inf in W or b, and traced scalar options out of range, raise ``ValueError``: now when
+    everything is concrete, at run time (inside the caller's ``jit``) otherwise.
+
+    ``options``: name → (value, low, high) for the range [low, high); concrete values are
+    checked before tracing by :func:`check_scalar`, so only traced ones are passed on.
+    """
+    traced = {name: (jnp.asarray(v), lo, hi) for name, (v, lo, hi) in options.items() if is_tracer(v)}
+    bounds = {name: (lo, hi) for name, (_, lo, hi) in traced.items()}
+    if any(is_tracer(a) for a in (W, b)) or traced:
+        summary = _params_summary(W, b, traced)
+        jax.debug.callback(partial(_raise_if_bad_params, options=bounds), summary)
+    else:
+        with jax.ensure_compile_time_eval():
+            summary = _params_summary(W, b, {})
+        _raise_if_bad_params(jax.device_get(summary), options=bounds)
 
 
 def check_values(problem: Problem, ignore_index: int) -> None:

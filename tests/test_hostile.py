@@ -75,3 +75,92 @@ def test_nan_gradient_is_divergence_not_max_iter():
     start = jsoftmax.Params(jnp.zeros((2, 2), jnp.float32), jnp.zeros(2, jnp.float32))
     result = jsoftmax.fit(start, X * 1e30, y, optax.sgd(1e30), max_iter=20)
     assert result.stop_reason == "diverged" and not result.converged
+
+
+# --- Labels and weights whose meaning must not change with their dtype -------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.uint16, jnp.int16, np.uint32])
+def test_narrow_or_unsigned_label_dtypes_mean_the_same_classes(dtype):
+    # uint8 labels compared with ignore_index=-100 used to read it as 156, dropping class 156;
+    # a uint8 iota over 300 classes repeats after 255.
+    k = 300 if np.iinfo(dtype).max > 255 or dtype == jnp.uint8 else 100
+    W, b, X, _ = make_problem(6, 3, k, seed=1, dtype=jnp.float32, bias=True)
+    ids = np.array([156, 2, 99, 7, 0, 1]) if k == 300 else np.array([56, 2, 99, 7, 0, 1])
+    labels = np.asarray(ids, dtype) if dtype is np.uint32 else jnp.asarray(ids, dtype)
+    want_v, want_g = jsoftmax.value_and_grad(jsoftmax.Params(W, b), X, jnp.asarray(ids, jnp.int32))
+    got_v, got_g = jsoftmax.value_and_grad(jsoftmax.Params(W, b), X, labels)
+    np.testing.assert_array_equal(got_v, want_v)
+    np.testing.assert_array_equal(got_g.W, want_g.W)
+    got = jsoftmax.linear_cross_entropy(X, W, labels, bias=b, chunk_size=4, class_chunk_size=64)
+    np.testing.assert_allclose(got, want_v, rtol=1e-6)
+
+
+def test_label_ids_beyond_int32_are_refused_not_wrapped():
+    W, _, X, _ = make_problem(4, 3, 5, dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"`labels` must be class ids in \[0, 5\).*does not even fit int32"):
+        jsoftmax.risk(W, X, np.array([0, 1, 2**32 - 100, 3], np.uint32))
+    with pytest.raises(ValueError, match="`ignore_index` must fit in int32"):
+        jsoftmax.risk(W, X, jnp.asarray([0, 1, 2, 3]), ignore_index=2**40)
+
+
+@pytest.mark.parametrize("weight", [1e38, 3e38])
+def test_weights_near_the_float32_limit_give_the_unweighted_risk(weight):
+    # Equal weights mean the plain mean; Σw overflowed to inf and gave a risk of 0.
+    W, b, X, y = make_problem(16, 4, 5, seed=2, dtype=jnp.float32, bias=True)
+    params = jsoftmax.Params(W, b)
+    want_v, want_g = jsoftmax.value_and_grad(params, X, y)
+    got_v, got_g = jsoftmax.value_and_grad(params, X, y, sample_weight=jnp.full(16, weight, jnp.float32))
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+    np.testing.assert_allclose(got_g.W, want_g.W, rtol=1e-5, atol=1e-7)
+
+
+def test_tiny_float64_weights_are_valid(x64):
+    W, b, X, y = make_problem(16, 4, 5, seed=2, bias=True)
+    params = jsoftmax.Params(W, b)
+    want = jsoftmax.risk(params, X, y)
+    np.testing.assert_allclose(jsoftmax.risk(params, X, y, sample_weight=jnp.full(16, 1e-50)), want, rtol=1e-14)
+    with pytest.raises(ValueError, match="weight 0"):
+        jsoftmax.risk(params, X, y, sample_weight=jnp.zeros(16))
+
+
+# --- Constraints hold under jit too ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value"), [("l2", -5.0), ("label_smoothing", 1.5),
+                                               ("label_smoothing", -0.1), ("l2", float("nan"))])
+def test_traced_options_out_of_range_raise_at_run_time(option, value):
+    W, _, X, y = make_problem(8, 3, 4, dtype=jnp.float32)
+    step = jax.jit(lambda v: jsoftmax.risk(W, X, y, **{option: v}))
+    jax.block_until_ready(step(0.1))  # in range: runs
+    with pytest.raises(jax.errors.JaxRuntimeError, match=rf"`{option}` must lie in"):
+        jax.block_until_ready(step(value))
+
+
+def test_traced_z_loss_out_of_range_raises_at_run_time():
+    W, _, X, y = make_problem(8, 3, 4, dtype=jnp.float32)
+    step = jax.jit(lambda v: jsoftmax.linear_cross_entropy(X, W, y, z_loss=v))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"`z_loss` must lie in"):
+        jax.block_until_ready(step(-1.0))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_params_are_refused_eagerly_and_under_jit(bad):
+    W, b, X, y = make_problem(8, 3, 4, dtype=jnp.float32, bias=True)
+    with pytest.raises(ValueError, match=r"`params` contain NaN or inf"):
+        jsoftmax.risk(jsoftmax.Params(W.at[1, 2].set(bad), b), X, y)
+    with pytest.raises(ValueError, match=r"`params` contain NaN or inf"):
+        jsoftmax.linear_cross_entropy(X, W, y, bias=b.at[0].set(bad))
+    grad = jax.jit(jax.grad(lambda W: jsoftmax.risk(W, X, y)))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"`params` contain NaN or inf"):
+        jax.block_until_ready(grad(W.at[0, 0].set(bad)))
+
+
+@pytest.mark.parametrize(("option", "value", "error"), [
+    ("l2", "0.1", TypeError), ("l2", [0.1], TypeError), ("label_smoothing", True, TypeError),
+    ("ignore_index", 1.5, TypeError), ("ignore_index", "-100", TypeError),
+    ("chunk_rows", 2.0, TypeError), ("chunk_rows", -3, ValueError)])
+def test_options_of_the_wrong_type_name_the_option(option, value, error):
+    W, _, X, y = make_problem(8, 3, 4, dtype=jnp.float32)
+    with pytest.raises(error, match=f"`{option}`"):
+        jsoftmax.risk(W, X, y, **{option: value})
