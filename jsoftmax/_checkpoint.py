@@ -9,6 +9,7 @@ one, never half of one. Reading checks the zip CRCs, the format tag and every ar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -89,6 +90,30 @@ def load_npz(path: str | os.PathLike, *, kind: str) -> tuple[dict[str, np.ndarra
 
 # --- Training checkpoints ---------------------------------------------------------------
 
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint that belongs to another problem (not a damaged file)."""
+
+
+def fingerprint(arrays, options: dict[str, Any]) -> str:
+    """SHA-256 of the arrays' dtypes, shapes and bytes and of the JSON of ``options``.
+
+    Arrays spread over several processes are fingerprinted by this process's shards (each
+    process checks its own rows). ``None`` entries are recorded as absent.
+    """
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=repr).encode())
+    for array in arrays:
+        if array is None:
+            digest.update(b"none")
+            continue
+        shards = [array] if getattr(array, "is_fully_addressable", True) else [
+            shard.data for shard in array.addressable_shards]
+        for part in shards:
+            values = np.ascontiguousarray(np.asarray(part))
+            digest.update(f"{values.dtype.str}{values.shape}".encode())
+            digest.update(values.tobytes())
+    return digest.hexdigest()
+
 _CKPT = re.compile(r"^ckpt-(\d{9})\.npz$")
 
 
@@ -120,7 +145,7 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, 
     arrays, meta = load_npz(path, kind="checkpoint")
     leaves, treedef = jax.tree_util.tree_flatten(like)
     if len(arrays) != len(leaves):
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{path} holds {len(arrays)} arrays but this run's state has {len(leaves)}: "
             "it was written by a different model or optimizer."
         )
@@ -129,7 +154,7 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, 
         value = arrays[f"leaf_{i:04d}"]
         leaf = np.asarray(leaf)
         if value.shape != leaf.shape or value.dtype != leaf.dtype:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"{path}: array {i} has shape {value.shape} {value.dtype}, but this run expects "
                 f"{leaf.shape} {leaf.dtype}: it was written for a different problem."
             )
@@ -147,9 +172,9 @@ def load_latest_checkpoint(folder: str | os.PathLike, like: Any) -> tuple[Any, d
     for path in list_checkpoints(folder):
         try:
             return load_checkpoint(path, like)
+        except CheckpointMismatchError:
+            raise  # a readable file of another problem: an error, not a damaged file to skip
         except ValueError as err:
-            if "different" in str(err):
-                raise
             errors.append(str(err))
     if errors:
         raise ValueError(f"no checkpoint in {folder} could be read: {'; '.join(errors)}")

@@ -138,6 +138,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from ._estimator import SoftmaxRegression
 
+    if not 0 <= args.test_size < 1:
+        raise ValueError(f"--test-size must lie in [0, 1); got {args.test_size}.")
     (X, y), source = _load_training_data(args)
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint DIR.")
@@ -315,8 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        # User errors: one clear line, exit status 2 (as argparse does), no traceback.
+    except (ValueError, TypeError, OSError) as err:
+        # User errors — bad values, files that are missing, unreadable, directories, read-only
+        # places: one clear line, exit status 2 (as argparse does), no traceback.
         print(f"jsoftmax {args.command}: error: {err}", file=sys.stderr)
         return 2
 

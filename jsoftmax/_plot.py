@@ -44,7 +44,10 @@ def training_plot(path: str | os.PathLike, losses: Sequence[float], confusion: S
         fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)  # left only when the write or the rename failed
     return path

@@ -24,7 +24,7 @@ import math
 import numbers
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -299,13 +299,22 @@ def fit(
         validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape)
 
     statics = dict(optimizer=optimizer, spec=spec, plan=plan)
+    checkpoints = None
+    if checkpoint_dir is not None:
+        # What the state was trained on: resuming on other data or options is refused.
+        fingerprint = _checkpoint.fingerprint(
+            (X, labels, sample_weight),
+            {"l2": l2, "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+             "batch_size": batch_size, "seed": seed if batch_size is not None else None,
+             "dtype": jnp.dtype(W.dtype).name, "optimizer": type(optimizer).__name__})
+        checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, fingerprint)
     if batch_size is None:
         run = _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
-                              checkpoint_dir, checkpoint_every, resume)
+                              checkpoints, resume)
     else:
         run = _fit_minibatch(start, data, validation, min(batch_size, X.shape[0]), max_epochs,
-                             patience, seed, statics, callback, checkpoint_dir, checkpoint_every,
-                             resume, validation_plan if validation is not None else None)
+                             patience, seed, statics, callback, checkpoints, resume,
+                             validation_plan if validation is not None else None)
     fitted, history, n_iter, n_epochs, stop_reason, grad_norm = run
     if grad_norm is None:
         full_plan = _engine.make_plan(X.shape[0], *W.shape, mesh=plan.mesh, data_axis=data_axis,
@@ -321,33 +330,55 @@ def fit(
                      grad_norm, stop_reason)
 
 
-def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
-                    checkpoint_dir, checkpoint_every, resume):
+class _Checkpoints(NamedTuple):
+    folder: str
+    every: int
+    fingerprint: str
+
+    def save(self, step: int, state, meta: dict) -> None:
+        _checkpoint.save_checkpoint(self.folder, step, state, dict(meta, fingerprint=self.fingerprint))
+
+    def resume(self, like):
+        """The newest checkpoint's state (in the structure of ``like``) and its metadata."""
+        loaded = _checkpoint.load_latest_checkpoint(self.folder, like)
+        if loaded is None:
+            raise FileNotFoundError(f"`resume=True`: no checkpoint found in {self.folder}")
+        tree, meta = loaded
+        if meta.get("fingerprint") != self.fingerprint:
+            raise _checkpoint.CheckpointMismatchError(
+                f"the checkpoint in {self.folder} was written for other data or options (data, "
+                "weights, l2/C, label smoothing, ignore_index, batch size, seed, dtype or "
+                "optimizer differ): resuming would continue a different problem. Use another "
+                "folder, or resume=False to start afresh.")
+        return jax.tree_util.tree_map(jnp.asarray, tree), meta
+
+
+def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every, checkpoints,
+                    resume):
     carry = _full_batch_start(start, data, max_iter=max_iter, **statics)
     if resume:
         # The state without the loss buffer (its length depends on max_iter); history in meta.
-        state, meta = _resume(checkpoint_dir, carry[:5])
+        state, meta = checkpoints.resume(carry[:5])
         done = int(state[0])
         if done > max_iter:
-            raise ValueError(f"the checkpoint in {checkpoint_dir} is at iteration {done}, "
+            raise ValueError(f"the checkpoint in {checkpoints.folder} is at iteration {done}, "
                              f"beyond max_iter={max_iter}.")
         losses = carry[5].at[: done + 1].set(jnp.asarray(meta["history"], carry[5].dtype))
         carry = (*state, losses)
     segment = max_iter
     if callback is not None:
         segment = min(segment, callback_every)
-    if checkpoint_dir is not None:
-        segment = min(segment, checkpoint_every)
+    if checkpoints is not None:
+        segment = min(segment, checkpoints.every)
     tol_arr = jnp.asarray(tol, carry[3].dtype)
     while True:
         it = int(carry[0])
         limit = min(it + segment, max_iter)
         carry = _full_batch_segment(carry, jnp.asarray(limit), tol_arr, data, **statics)
         it, grad_inf = int(carry[0]), float(_inf_norm(carry[4]))
-        if checkpoint_dir is not None:
+        if checkpoints is not None:
             history = [float(v) for v in np.asarray(carry[5][: it + 1])]
-            _checkpoint.save_checkpoint(checkpoint_dir, it, carry[:5],
-                                        {"mode": "full_batch", "history": history})
+            checkpoints.save(it, carry[:5], {"mode": "full_batch", "history": history})
         if callback is not None:
             callback({"iteration": it, "loss": float(carry[3]), "grad_norm": grad_inf, "max_iter": max_iter})
         if not grad_inf > tol or it >= max_iter or it < limit:  # `not >`: NaN stops too
@@ -361,16 +392,8 @@ def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_ever
     return carry[1], history, n_iter, 0, reason, grad_inf
 
 
-def _resume(checkpoint_dir, like):
-    loaded = _checkpoint.load_latest_checkpoint(checkpoint_dir, like)
-    if loaded is None:
-        raise FileNotFoundError(f"`resume=True`: no checkpoint found in {checkpoint_dir}")
-    tree, meta = loaded
-    return jax.tree_util.tree_map(jnp.asarray, tree), meta
-
-
 def _fit_minibatch(start, data, validation, batch_size, max_epochs, patience, seed, statics,
-                   callback, checkpoint_dir, checkpoint_every, resume, validation_plan):
+                   callback, checkpoints, resume, validation_plan):
     optimizer, spec = statics["optimizer"], statics["spec"]
     params, state = start, optimizer.init(start)
     history: dict[str, list[float]] = {"loss": []}
@@ -381,7 +404,7 @@ def _fit_minibatch(start, data, validation, batch_size, max_epochs, patience, se
     steps = math.ceil(data[0].shape[0] / batch_size)
     if resume:
         like = (params, state, best["params"])
-        (params, state, best_params), meta = _resume(checkpoint_dir, like)
+        (params, state, best_params), meta = checkpoints.resume(like)
         epoch, history = meta["epoch"], meta["history"]
         best = {"loss": meta["best_loss"], "params": best_params, "wait": meta["wait"]}
         n_iter = epoch * steps
@@ -411,10 +434,10 @@ def _fit_minibatch(start, data, validation, batch_size, max_epochs, patience, se
             best["wait"] += 1
         if callback is not None:
             callback(info)
-        if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == max_epochs):
+        if checkpoints is not None and (epoch % checkpoints.every == 0 or epoch == max_epochs):
             meta = {"mode": "minibatch", "epoch": epoch, "history": history,
                     "best_loss": best["loss"], "wait": best["wait"]}
-            _checkpoint.save_checkpoint(checkpoint_dir, epoch, (params, state, best["params"]), meta)
+            checkpoints.save(epoch, (params, state, best["params"]), meta)
         if patience is not None and best["wait"] >= patience:
             params, stop_reason = best["params"], "early_stopping"
             break

@@ -164,3 +164,81 @@ def test_options_of_the_wrong_type_name_the_option(option, value, error):
     W, _, X, y = make_problem(8, 3, 4, dtype=jnp.float32)
     with pytest.raises(error, match=f"`{option}`"):
         jsoftmax.risk(W, X, y, **{option: value})
+
+
+# --- Stale state: checkpoints of another problem -------------------------------------------
+
+
+def small_fit(tmp_path, X, y, l2=0.01, resume=False, folder="ckpt", **kwargs):
+    start = jsoftmax.Params(jnp.zeros((X.shape[1], 3)), jnp.zeros(3))
+    return jsoftmax.fit(start, X, y, optax.lbfgs(), l2=l2, max_iter=kwargs.pop("max_iter", 6),
+                        tol=0.0, checkpoint_dir=str(tmp_path / folder), resume=resume, **kwargs)
+
+
+@pytest.mark.parametrize("change", ["data", "labels", "l2", "weights", "smoothing"])
+def test_resume_on_another_problem_is_refused(x64, tmp_path, change):
+    W, b, X, y = make_problem(40, 4, 3, seed=5)
+    small_fit(tmp_path, X, y)
+    other = dict(X=X, y=y, l2=0.01)
+    kwargs = {}
+    if change == "data":
+        other["X"] = X + 1e-3  # same shapes, other values
+    elif change == "labels":
+        other["y"] = jnp.roll(y, 1)
+    elif change == "l2":
+        other["l2"] = 0.02  # another C
+    elif change == "weights":
+        kwargs["sample_weight"] = jnp.linspace(0.5, 1.5, 40)
+    else:
+        kwargs["label_smoothing"] = 0.1
+    with pytest.raises(ValueError, match="was written for other data or options"):
+        small_fit(tmp_path, other["X"], other["y"], l2=other["l2"], resume=True, max_iter=12, **kwargs)
+    # The same problem resumes.
+    assert small_fit(tmp_path, X, y, resume=True, max_iter=12).n_iter == 12
+
+
+def test_fallback_to_an_older_checkpoint_does_not_read_error_words(x64, tmp_path):
+    # The folder's name contains "different": the fallback used to match that word in the
+    # error message and gave up instead of loading the older, intact checkpoint.
+    W, b, X, y = make_problem(40, 4, 3, seed=6)
+    small_fit(tmp_path, X, y, folder="a-different-run", max_iter=6)
+    from jsoftmax import _checkpoint
+
+    newest = _checkpoint.list_checkpoints(tmp_path / "a-different-run")[0]
+    newest.write_bytes(newest.read_bytes()[:100])  # damaged
+    resumed = small_fit(tmp_path, X, y, folder="a-different-run", resume=True, max_iter=12)
+    assert resumed.n_iter == 12
+
+
+# --- The command line: user errors are one line and exit status 2 --------------------------
+
+
+def run_cli(capsys, *argv):
+    from jsoftmax import _cli
+
+    code = _cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_cli_os_errors_are_one_line(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [
+        ("train", str(folder / "x.csv")),  # a missing file
+        ("train", str(folder)),  # a directory as the data file
+        ("train", "--dataset", "iris", "--quiet", "--checkpoint", str(tmp_path / "file.txt")),
+        ("train", "--dataset", "iris", "--quiet", "--plot", str(folder)),  # a directory as the plot
+    ]
+    (tmp_path / "file.txt").write_text("not a folder")
+    for argv in cases:
+        code, err = run_cli(capsys, *argv)
+        assert code == 2, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("jsoftmax train: error:"), (argv, err)
+    assert sorted(p.name for p in folder.iterdir()) == []  # no temporary plot left behind
+
+
+@pytest.mark.parametrize("size", ["-1", "1", "1.5"])
+def test_cli_test_size_out_of_range(capsys, size):
+    code, err = run_cli(capsys, "train", "--dataset", "iris", "--test-size", size)
+    assert code == 2 and "--test-size must lie in [0, 1)" in err
