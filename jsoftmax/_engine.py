@@ -179,12 +179,13 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
         loss, lse = _rows.finish(stats, spec, head.eps, head.zeta, st.n_classes)
         sums = _add_value(sums, coef, loss)
         p = _rows.probabilities(z, stats) if need_dz else None
+        t_sum = _rows.stats_target_sum(stats, spec, head.eps)
     else:
         lse = lse_in
         p = jnp.exp(z - lse[:, None]) if need_dz else None
+        t_sum = _rows.target_sum(y, spec, head.eps, z.dtype, st.class_axis) if need_dz else None
     gX = g_labels = None
     if need_dz:
-        t_sum = _rows.target_sum(y, spec, head.eps, z.dtype, st.class_axis)
         scale = _rows.probability_scale(lse, t_sum, spec, head.zeta)
         t = _rows.targets(y, spec, head.eps, st.n_classes, st.class_start, z.shape[1], z.dtype)
         dz = _rows.score_gradient(p, t, coef, scale)

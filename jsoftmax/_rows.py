@@ -126,6 +126,11 @@ def _smoothed(y_sum, spec: LossSpec, eps):
     return (1 - eps) * y_sum + eps if spec.smoothing else y_sum
 
 
+def stats_target_sum(st: RowStats, spec: LossSpec, eps) -> jax.Array | None:
+    """Σₖ tₖ from completed sums (no second pass over probability rows); None for class ids."""
+    return _smoothed(st.ysum, spec, eps) if spec.soft else None
+
+
 def finish(st: RowStats, spec: LossSpec, eps, zeta, n_classes: int) -> tuple[RowVector, RowVector]:
     """(ℓ, lse) per row from the sums over all K classes."""
     log_s = jnp.log(st.s)
