@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Wheels a lent GPU machine lacks (it has no package registry); carried there in .whl/.
+# Then there: pip install --no-index --no-deps --target /tmp/site .whl/*.whl, and
+# PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu --out DIR   (see README, "GPU").
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-wheels.txt
+	cd .whl && ls *.whl > VERSIONS && cat VERSIONS
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

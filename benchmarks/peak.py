@@ -27,7 +27,7 @@ def rss_bytes() -> int:
 
 def main() -> None:
     variant, mode, n, d, k, dtype = sys.argv[1:7]
-    x, w, y = variants.inputs(int(n), int(d), int(k), dtype)
+    x, w, y = variants.host_inputs(int(n), int(d), int(k), dtype)
     compiled = variants.build(variant, mode).lower(x, w, y).compile()
     jax.block_until_ready((x, w, y))
     baseline = rss_bytes()

@@ -45,7 +45,8 @@ def objective(W, b, X, y, C):
     return float(C * -log_p[np.arange(len(y)), y].sum() + 0.5 * np.sum(W**2))
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, dtypes: tuple[str, ...] = ("float64",)) -> dict:
+    """scikit-learn once per problem and tolerance; jsoftmax once per dtype in ``dtypes``."""
     C = 1.0
     results = []
     blas = [f"{i['internal_api']}:{i['num_threads']}" for i in threadpool_info()]
@@ -63,33 +64,37 @@ def run(quick: bool = False) -> dict:
             sk_default = common.timed(sklearn_fit, repeats=repeats, warmup=1 if n < 10_000 else 0)
             sk_obj = objective(sk_model.coef_.T, sk_model.intercept_, X, y, C)
 
-            with enable_x64():
-                Xj, yj = jnp.asarray(X), jnp.asarray(y, jnp.int32)
-                start = jsoftmax.Params(jnp.zeros((d, k)), jnp.zeros(k))
-                optimizer = optax.lbfgs()
+            for dtype in dtypes:
+                with enable_x64(dtype == "float64"):
+                    Xj, yj = jnp.asarray(X, dtype), jnp.asarray(y, jnp.int32)
+                    start = jsoftmax.Params(jnp.zeros((d, k), dtype), jnp.zeros(k, dtype))
+                    optimizer = optax.lbfgs()
 
-                def ours():
-                    return jsoftmax.fit(start, Xj, yj, optimizer, l2=1.0 / (C * n), tol=tol, max_iter=10_000)
+                    def ours():
+                        return jsoftmax.fit(start, Xj, yj, optimizer, l2=1.0 / (C * n), tol=tol, max_iter=10_000)
 
-                first = common.first_call(ours)
-                steady = common.timed(ours, repeats=5 if n < 10_000 else 3, warmup=0)
-                result = ours()
-            ours_obj = objective(np.asarray(result.params.W), np.asarray(result.params.b), X, y, C)
-            results.append({
-                "problem": name, "tol": tol,
-                "sklearn_1thread_s": sk_one["median_s"], "sklearn_default_s": sk_default["median_s"],
-                "sklearn_iterations": int(sk_model.n_iter_[0]), "sklearn_objective": sk_obj,
-                "jsoftmax_first_call_s": first, "jsoftmax_compile_s": max(first - steady["median_s"], 0.0),
-                "jsoftmax_s": steady["median_s"], "jsoftmax_min_s": steady["min_s"], "jsoftmax_max_s": steady["max_s"],
-                "jsoftmax_iterations": result.n_iter, "jsoftmax_objective": ours_obj,
-                "jsoftmax_grad_max_abs": result.grad_norm,
-                "ratio_vs_sklearn_1thread": steady["median_s"] / sk_one["median_s"],
-                "objective_equal_or_lower": ours_obj <= sk_obj * (1 + 1e-9),
-            })
-            print(f"{name} tol={tol:g}: jsoftmax {steady['median_s']*1e3:.1f} ms "
-                  f"(first call {first:.2f} s), sklearn 1-thread {sk_one['median_s']*1e3:.1f} ms, "
-                  f"default {sk_default['median_s']*1e3:.1f} ms; objectives {ours_obj:.8f} vs {sk_obj:.8f}",
-                  flush=True)
+                    first = common.first_call(ours)
+                    steady = common.timed(ours, repeats=5 if n < 10_000 else 3, warmup=0)
+                    result = ours()
+                ours_obj = objective(np.asarray(result.params.W, np.float64),
+                                     np.asarray(result.params.b, np.float64), X, y, C)
+                results.append({
+                    "problem": name, "tol": tol, "dtype": dtype,
+                    "sklearn_1thread_s": sk_one["median_s"], "sklearn_default_s": sk_default["median_s"],
+                    "sklearn_iterations": int(sk_model.n_iter_[0]), "sklearn_objective": sk_obj,
+                    "jsoftmax_first_call_s": first, "jsoftmax_compile_s": max(first - steady["median_s"], 0.0),
+                    "jsoftmax_s": steady["median_s"], "jsoftmax_min_s": steady["min_s"],
+                    "jsoftmax_max_s": steady["max_s"],
+                    "jsoftmax_iterations": result.n_iter, "jsoftmax_objective": ours_obj,
+                    "jsoftmax_grad_max_abs": result.grad_norm,
+                    "ratio_vs_sklearn_1thread": steady["median_s"] / sk_one["median_s"],
+                    "ratio_vs_sklearn_default": steady["median_s"] / sk_default["median_s"],
+                    "objective_equal_or_lower": ours_obj <= sk_obj * (1 + 1e-9),
+                })
+                print(f"{name} tol={tol:g} {dtype}: jsoftmax {steady['median_s']*1e3:.1f} ms "
+                      f"(first call {first:.2f} s), sklearn 1-thread {sk_one['median_s']*1e3:.1f} ms, "
+                      f"default {sk_default['median_s']*1e3:.1f} ms; objectives {ours_obj:.8f} vs {sk_obj:.8f}",
+                      flush=True)
     return {"suite": "fit", "blas": blas, "results": results}
 
 
@@ -97,7 +102,7 @@ def markdown(payload: dict) -> str:
     rows = []
     for r in payload["results"]:
         rows.append([
-            r["problem"], f"{r['tol']:g}",
+            r["problem"], f"{r['tol']:g}", r.get("dtype", "float64"),
             f"{r['jsoftmax_s']*1e3:.1f} ms ({r['jsoftmax_iterations']} it)",
             f"{r['jsoftmax_compile_s']:.2f} s",
             f"{r['sklearn_1thread_s']*1e3:.1f} ms ({r['sklearn_iterations']} it)",
@@ -106,11 +111,11 @@ def markdown(payload: dict) -> str:
             f"{r['jsoftmax_objective']:.8g} vs {r['sklearn_objective']:.8g}",
             "yes" if r["objective_equal_or_lower"] else "no",
         ])
-    headers = ["problem", "tol", "jsoftmax (after compile)", "jsoftmax compile", "sklearn 1 thread",
+    headers = ["problem", "tol", "jsoftmax dtype", "jsoftmax (after compile)", "jsoftmax compile", "sklearn 1 thread",
                "sklearn default threads", "ratio vs 1 thread", "objective (jsoftmax vs sklearn)",
                "objective ≤"]
     return (
-        "## Full-batch L-BFGS vs scikit-learn (float64)\n\n"
+        "## Full-batch L-BFGS vs scikit-learn (scikit-learn in float64)\n\n"
         f"BLAS thread pools (default): {', '.join(payload['blas'])}. jsoftmax runs XLA on all cores.\n\n"
         + common.table(headers, rows)
     )

@@ -246,7 +246,8 @@ def risk(
       check_values: validate label ranges, probability rows, finiteness of X and weights
         (eagerly for concrete data, at run time under ``jit``); see ``jsoftmax._validate``.
       chunk_rows: rows of scores live at a time (static). Default: the measured rule of
-        ``jsoftmax._engine.choose_chunks`` (≥ 1024 rows, ≤ 128 MiB of f32 scores).
+        ``jsoftmax._engine.choose_chunks`` (CPU: ≥ 1024 rows, ≤ 128 MiB of f32 scores;
+        GPU: 1024 rows, ≤ 1 GiB).
       mesh, data_axis, class_axis: run sharded over a ``jax.sharding.Mesh``: rows over
         ``data_axis``, W's columns over ``class_axis`` (either or both; see ``_mesh``).
 
@@ -355,7 +356,7 @@ def linear_cross_entropy(
       implementation: "auto" or "chunked" (row chunks, class blocks when K is huge, the
         analytic backward), or "reference" (materialised logits, JAX autodiff; the oracle).
       chunk_size: rows per chunk; class_chunk_size: classes per block (online log-sum-exp).
-        Default: a rule from measured block sizes within a 128 MiB budget.
+        Default: a rule from measured block sizes (CPU: 128 MiB budget; GPU: 1024 rows, 1 GiB).
       return_lse: also return the (N,) log-sum-exp (auxiliary; not differentiated).
       check_values: label-range and finiteness checks (see :func:`jsoftmax.risk`).
       mesh, data_axis, class_axis: shard rows over ``data_axis`` and W's columns over

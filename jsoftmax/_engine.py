@@ -46,25 +46,34 @@ from ._types import (
 )
 
 # Block-size rule (see choose_chunks); the measurements behind it are in benchmarks/results/.
-DEFAULT_CHUNK_BYTES = 128 * 2**20  # memory budget for one f32 block of scores
+DEFAULT_CHUNK_BYTES = 128 * 2**20  # memory budget for one f32 block of scores (CPU)
+GPU_CHUNK_BYTES = 2**30  # the same on an accelerator, where a GEMM needs ~1024 rows to be efficient
 CACHE_BLOCK_BYTES = 4 * 2**20
 MIN_EFFICIENT_ROWS = 1024
 
 
-def choose_chunks(n: int, k: int, budget_bytes: int | None = None) -> tuple[int, int | None]:
+def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
+                  platform: str = "cpu") -> tuple[int, int | None]:
     """(rows per chunk, classes per block or None) for f32 score blocks within a budget.
 
-    Rows: a block of ``rows × K`` scores should fill about 4 MiB (small K stays in cache) but
+    CPU: a block of ``rows × K`` scores should fill about 4 MiB (small K stays in cache) but
     hold at least 1024 rows (fewer rows make the matrix products inefficient) and never exceed
     ``budget_bytes`` (default 128 MiB); powers of two, at least 64, at most ``n``
-    (``benchmarks/results/hot-cpu.md``). Classes are split only when even 64 rows of all K
-    exceed the budget (K > 524288 at 128 MiB): then 256 rows by as many classes as fit; class
+    (``benchmarks/results/hot-cpu.md``). GPU: 1024 rows within a 1 GiB budget — on an H200 at
+    (16384, 4096, 128256) bf16, 256-row chunks ran at 2.0× the matmul floor, 1024 and 2048 at
+    1.10×, 4096 at 1.13× with more memory (``benchmarks/results/gpu/``). Classes are split only
+    when even 64 rows of all K exceed the budget: then 256 rows by as many classes as fit; class
     blocks compute the scores twice, so they are the memory fallback, not the default.
     """
-    budget = DEFAULT_CHUNK_BYTES if budget_bytes is None else budget_bytes
-    cache_rows = _pow2_floor(CACHE_BLOCK_BYTES // (4 * k))
+    if platform == "cpu":
+        budget = DEFAULT_CHUNK_BYTES if budget_bytes is None else budget_bytes
+        cache_rows = _pow2_floor(CACHE_BLOCK_BYTES // (4 * k))
+        target_rows = max(cache_rows, MIN_EFFICIENT_ROWS)
+    else:
+        budget = GPU_CHUNK_BYTES if budget_bytes is None else budget_bytes
+        target_rows = MIN_EFFICIENT_ROWS
     budget_rows = _pow2_floor(budget // (4 * k))
-    rows = min(n, max(64, min(max(cache_rows, MIN_EFFICIENT_ROWS), budget_rows)))
+    rows = min(n, max(64, min(target_rows, budget_rows)))
     if 64 * k * 4 <= budget:
         return rows, None
     rows = min(n, 256)
@@ -98,20 +107,25 @@ def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
     if mesh is not None:
         n //= mesh.shape[data_axis] if data_axis else 1
         k //= mesh.shape[class_axis] if class_axis else 1
-    rows, classes = choose_chunks(n, k)
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    rows, classes = choose_chunks(n, k, platform=platform)
     if chunk_rows is not None:
         rows, classes = min(chunk_rows, n), class_chunk
     elif class_chunk is not None:
         classes = class_chunk
     if class_axis is not None or (classes is not None and classes >= k):
         classes = None
-    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
     return Plan(rows, classes, feature_blocks(d, rows, platform), mesh, data_axis, class_axis)
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a @ b`` accumulated in float32 for 16-bit inputs (the tensor-core convention)."""
-    return jnp.matmul(a, b, preferred_element_type=accumulation_dtype(a.dtype))
+    """``a @ b``: 16-bit inputs accumulate in float32 (the tensor-core convention); float32 and
+    float64 inputs multiply at full precision. (XLA on a GPU otherwise rounds float32 operands
+    to TF32, a ~1e-3 relative error in the gradient: float32 fits on an H200 then never reached
+    a tolerance of 1e-6.)"""
+    accumulate = accumulation_dtype(a.dtype)
+    precision = lax.Precision.HIGHEST if accumulate == a.dtype else lax.Precision.DEFAULT
+    return jnp.matmul(a, b, preferred_element_type=accumulate, precision=precision)
 
 
 def scores(W: Weights, b: Bias | None, X: Features) -> Scores:

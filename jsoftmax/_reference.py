@@ -35,7 +35,7 @@ def reference_loss(x, w, b, labels, *, sample_weight=None, label_smoothing=0.0, 
     of ``x``).
     """
     dtype = accumulate or x.dtype
-    z = jnp.matmul(x, w, preferred_element_type=dtype)
+    z = jnp.matmul(x, w, preferred_element_type=dtype, precision=jax.lax.Precision.HIGHEST)
     if b is not None:
         z = z + b.astype(dtype)
     t = reference_targets(labels, w.shape[1], label_smoothing=label_smoothing).astype(dtype)

@@ -146,6 +146,8 @@ def test_chunk_rule():
     assert choose_chunks(8192, 1000) == (1024, None)
     assert choose_chunks(4096, 32000) == (1024, None)
     assert choose_chunks(16384, 128256) == (256, None)
+    assert choose_chunks(16384, 128256, platform="gpu") == (1024, None)
+    assert choose_chunks(8192, 256000, platform="gpu") == (1024, None)
     rows, classes = choose_chunks(4096, 1_000_000)
     assert rows == 256 and classes is not None and rows * classes * 4 <= 128 * 2**20
     assert choose_chunks(100, 1000) == (100, None)

@@ -1,0 +1,360 @@
+"""The GPU proof in one command: ``python -m benchmarks.gpu [--out DIR] [--quick] [--parts ...]``.
+
+Runs on a lent GPU machine (after ``make gpu-wheels`` here and installing the carried wheels
+there), each part in its own process with its own time limit, and writes under ``--out``
+(default ``benchmarks/results/gpu/``):
+
+- ``lmhead``: the LM-head op in bf16, forward + backward w.r.t. x and W, at (N, D, K) =
+  (16384, 4096, 128256) and (8192, 2304, 256000): the three-matmul floor, jsoftmax's chunked op
+  (and a sweep of its row-chunk size), naive ``jax.grad`` and optax + ``jax.grad``, timed
+  round-robin in one process; XLA's temp bytes of each compiled program (the memory beyond
+  inputs and outputs); the chunked op's device peak in a fresh process; the chunked values and
+  gradients against naive ``jax.grad`` on the same bf16 inputs; the GEMMs in the compiled HLO.
+- ``torch``: Liger-Kernel's fused linear cross-entropy and CCE's ``linear_cross_entropy`` (and a
+  torch three-matmul floor) at the same shapes, CUDA events, ``max_memory_allocated`` beyond the
+  inputs and gradients (``benchmarks/gpu_torch.py``).
+- ``fit``: the fit suite's problems, jsoftmax on the GPU in float32 and float64 against
+  scikit-learn on the host's cores.
+- ``tests``: the test suite with ``JAX_PLATFORMS=cuda``.
+
+Everything lands in ``results.json`` and ``summary.md`` (plus ``run.log`` and ``tests.log``),
+few files, because a lent machine returns at most eight. On a machine without a GPU the same
+command runs at small sizes with ``--quick`` (CI keeps it from rotting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
+PARTS = ("lmhead", "torch", "fit", "tests")
+SHAPES = [(16384, 4096, 128256), (8192, 2304, 256000)]
+QUICK_SHAPES = [(1024, 256, 4000), (512, 128, 8000)]
+CHUNK_SWEEP = (512, 1024, 2048, 4096)
+QUICK_CHUNK_SWEEP = (128, 256)
+# Measured elsewhere, printed beside ours, never re-run (issue 12): tokamax on an H100 at the
+# first shape.
+ANCHORS = {"tokamax XLA fwd+vjp (H100, 16384×4096×128256)": "104 ms, 5.4/12.0 GB peak",
+           "tokamax chunked XLA (H100, same shape)": "199 ms, 5.8 GB peak"}
+
+
+# ----------------------------------------------------------------------------- parts (child side)
+
+def part_lmhead(quick: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import jsoftmax
+
+    from . import variants
+
+    def chunked_at(rows):
+        def loss(x, w, y):
+            return jsoftmax.linear_cross_entropy(x, w, y, chunk_size=rows, check_values=False)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+    results = []
+    for index, (n, d, k) in enumerate(QUICK_SHAPES if quick else SHAPES):
+        x, w, y = variants.inputs(n, d, k, "bfloat16")
+        builders = {name: (lambda v=name: variants.build(v, "forward_backward"))
+                    for name in ("floor", "chunked", "naive_jax_grad", "optax_jax_grad")}
+        for rows in QUICK_CHUNK_SWEEP if quick else CHUNK_SWEEP:  # the data behind the GPU chunk rule
+            builders[f"chunked_rows{rows}"] = lambda r=rows: chunked_at(r)
+        programs, rows_out = {}, {}
+        for name, build in builders.items():
+            start = time.perf_counter()
+            try:
+                compiled = build().lower(x, w, y).compile()
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory for an autodiff variant
+                rows_out[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+                continue
+            rows_out[name] = {"compile_s": time.perf_counter() - start,
+                              "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes)}
+            programs[name] = compiled
+        samples = {name: [] for name in programs}
+        outputs = {}
+        for round_ in range(4 if quick else 11):
+            for name, compiled in programs.items():
+                start = time.perf_counter()
+                out = jax.block_until_ready(compiled(x, w, y))
+                if round_:
+                    samples[name].append(time.perf_counter() - start)
+                else:
+                    outputs[name] = out
+        floor = statistics.median(samples["floor"]) if samples.get("floor") else None
+        for name, values in samples.items():
+            median = statistics.median(values)
+            rows_out[name].update(median_s=median, min_s=min(values), max_s=max(values),
+                                  repeats=len(values), ratio_to_floor=median / floor if floor else None)
+        if "chunked" in outputs and "naive_jax_grad" in outputs:
+            rows_out["chunked"]["agreement_vs_naive"] = _agreement(outputs["chunked"], outputs["naive_jax_grad"])
+        if "chunked" in programs:
+            rows_out["chunked"]["gemms"] = _gemm_lines(programs["chunked"].as_text())
+        del programs, outputs
+        inputs_bytes = sum(int(a.size) * a.dtype.itemsize for a in (x, w, y))
+        for name in ("chunked",):
+            if "median_s" in rows_out.get(name, {}):
+                rows_out[name].update(_fresh_peak(name, n, d, k))
+                peak = rows_out[name].get("device_peak_bytes")
+                if peak is not None:
+                    # Outputs: loss + dx (N, D) + dW (D, K), bf16 like the inputs.
+                    outputs_bytes = 2 * (n * d + d * k)
+                    rows_out[name]["peak_beyond_inputs_outputs_bytes"] = peak - inputs_bytes - outputs_bytes
+        for name, row in rows_out.items():
+            results.append({"shape": [n, d, k], "dtype": "bfloat16", "variant": name, **row})
+            if "median_s" in row:
+                print(f"{(n, d, k)} {name:20s} {row['median_s']*1e3:9.2f} ms "
+                      f"({row['ratio_to_floor'] or float('nan'):.2f}x floor) temp {row['temp_bytes']/2**30:6.2f} GiB",
+                      flush=True)
+            else:
+                print(f"{(n, d, k)} {name}: {row['error']}", flush=True)
+    return {"results": results}
+
+
+def _agreement(ours, theirs) -> dict:
+    """Relative differences (normwise) of the loss and of each gradient."""
+    import numpy as np
+
+    (value_a, grads_a), (value_b, grads_b) = ours, theirs
+    out = {"loss": abs(float(value_a) - float(value_b)) / max(abs(float(value_b)), 1e-30)}
+    for name, a, b in zip(("dx", "dW"), grads_a, grads_b):
+        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        out[name] = float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(b64), 1e-30))
+    return out
+
+
+def _gemm_lines(hlo: str, limit: int = 12) -> list[str]:
+    """The GEMM calls of a compiled program (operand and result types show the accumulation)."""
+    lines = [line.strip()[:240] for line in hlo.splitlines()
+             if ("gemm" in line or " dot(" in line) and "=" in line and "ENTRY" not in line]
+    return lines[:limit]
+
+
+def _fresh_peak(variant: str, n: int, d: int, k: int) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.peak", variant, "forward_backward", str(n), str(d), str(k), "bfloat16"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True, cwd=ROOT)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError) as err:
+        return {"peak_error": str(err)[-300:]}
+
+
+def part_fit(quick: bool) -> dict:
+    from . import suite_fit
+
+    return suite_fit.run(quick=quick, dtypes=("float32", "float64"))
+
+
+def part_torch(quick: bool) -> dict:
+    from . import gpu_torch
+
+    return gpu_torch.run(QUICK_SHAPES if quick else SHAPES)
+
+
+def part_tests(quick: bool, out: Path, limit_s: float) -> dict:
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    env.setdefault("JAX_PLATFORMS", _jax_platform())
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "--junitxml", str(out / "tests.xml")]
+    if _has_module("xdist") and not quick:
+        cmd += ["-n", "8"]
+    if quick:
+        cmd += ["tests/test_linear_ce.py"]
+    start = time.perf_counter()
+    with open(out / "tests.log", "w") as log:
+        try:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=limit_s)
+            code = done.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    summary = ""
+    lines = (out / "tests.log").read_text(errors="replace").splitlines()
+    for line in reversed(lines):
+        if " passed" in line or " failed" in line or " error" in line:
+            summary = line.strip("= ")
+            break
+    failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return {"returncode": code, "summary": summary, "failures": failures[:50],
+            "seconds": time.perf_counter() - start, "command": " ".join(cmd[1:]),
+            "JAX_PLATFORMS": env["JAX_PLATFORMS"]}
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _jax_platform() -> str:
+    import jax
+
+    return "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+
+
+def child(part: str, quick: bool, out: Path, limit_s: float) -> None:
+    if part == "tests":
+        payload = part_tests(quick, out, limit_s)
+    else:
+        payload = {"lmhead": part_lmhead, "fit": part_fit, "torch": part_torch}[part](quick)
+    (out / f"part-{part}.json").write_text(json.dumps(payload, indent=1, default=float))
+
+
+# ----------------------------------------------------------------------------- driver
+
+def machine() -> dict:
+    from . import common
+
+    info = common.machine()
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        info["nvidia_smi"] = smi.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for name in ("optax", "sklearn", "torch", "triton", "liger_kernel", "cut_cross_entropy"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - absent or without __version__
+            try:
+                from importlib.metadata import version
+
+                versions[name] = version(name.replace("_", "-"))
+            except Exception:  # noqa: BLE001
+                versions[name] = None
+    info["versions"] = versions
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; CPU is fine)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--budget-s", type=float, default=540.0,
+                        help="wall-clock budget for all parts; each part gets its share, the tests the rest")
+    parser.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
+    parser.add_argument("--limit-s", type=float, default=600.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        child(args.child, args.quick, args.out, args.limit_s)
+        return 0
+
+    command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    payload = {"command": command.strip(), "machine": machine(), "quick": args.quick, "parts": {}}
+    print(json.dumps(payload["machine"], indent=1), flush=True)
+    shares = {"lmhead": 0.30, "torch": 0.18, "fit": 0.22, "tests": 0.45}  # the last part gets what is left
+    deadline = time.monotonic() + args.budget_s
+    log = open(args.out / "run.log", "a")
+    for part in args.parts:
+        left = deadline - time.monotonic()
+        limit = max(30.0, left - 10) if part == args.parts[-1] else max(30.0, min(left, shares[part] * args.budget_s))
+        start = time.perf_counter()
+        print(f"--- {part} (limit {limit:.0f} s)", flush=True)
+        log.write(f"--- {part} (limit {limit:.0f} s)\n")
+        log.flush()
+        cmd = [sys.executable, "-u", "-m", "benchmarks.gpu", "--child", part, "--out", str(args.out),
+               "--limit-s", str(limit - 5)] + (["--quick"] if args.quick else [])
+        try:
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  cwd=ROOT, timeout=limit)
+            text, code = done.stdout, done.returncode
+        except subprocess.TimeoutExpired as err:
+            text, code = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or ""), "timeout"
+        print(text[-6000:], flush=True)
+        log.write(text)
+        log.flush()
+        part_file = args.out / f"part-{part}.json"
+        entry = {"returncode": code, "seconds": time.perf_counter() - start}
+        if part_file.exists():
+            entry.update(json.loads(part_file.read_text()))
+            part_file.unlink()
+        else:
+            entry["error_tail"] = text[-2000:]
+        payload["parts"][part] = entry
+        (args.out / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+        (args.out / "summary.md").write_text(summary_markdown(payload))
+    log.close()
+    print(summary_markdown(payload))
+    return 0
+
+
+# ----------------------------------------------------------------------------- report
+
+def summary_markdown(payload: dict) -> str:
+    from . import common
+
+    info = payload["machine"]
+    out = [f"# GPU proof{' (quick)' if payload.get('quick') else ''}\n",
+           common.stamp_markdown(info, payload["command"]),
+           f"GPU: {info.get('nvidia_smi', info['device'])}. Versions: "
+           + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()) + "\n"]
+    parts = payload["parts"]
+    if "lmhead" in parts:
+        out.append("## LM head, bf16, forward + backward w.r.t. x and W (JAX)\n")
+        out.append("Round-robin timing in one process (10 rounds after one warm-up); × floor is to the "
+                   "three matrix products measured in the same run; temp is XLA's memory_analysis "
+                   "(memory beyond inputs and outputs).\n")
+        rows = []
+        for r in parts["lmhead"].get("results", []):
+            if "median_s" not in r:
+                rows.append([tuple(r["shape"]), r["variant"], "error: " + r["error"][:80], "", "", ""])
+                continue
+            rows.append([tuple(r["shape"]), r["variant"], f"{r['median_s']*1e3:.2f} ms",
+                         f"{r['ratio_to_floor']:.2f}" if r.get("ratio_to_floor") else "",
+                         f"{r['temp_bytes']/2**30:.2f} GiB", f"{r['compile_s']:.1f} s"])
+        out.append(common.table(["shape (N, D, K)", "variant", "median", "× floor", "temp", "compile"], rows))
+        for r in parts["lmhead"].get("results", []):
+            if r["variant"] == "chunked" and "median_s" in r:
+                extra = []
+                if "device_peak_bytes" in r:
+                    extra.append(f"device peak {r['device_peak_bytes']/2**30:.2f} GiB in a fresh process, "
+                                 f"{r.get('peak_beyond_inputs_outputs_bytes', 0)/2**30:.2f} GiB beyond inputs and outputs")
+                if "agreement_vs_naive" in r:
+                    a = r["agreement_vs_naive"]
+                    extra.append(f"relative difference vs naive jax.grad: loss {a['loss']:.1e}, "
+                                 f"dx {a['dx']:.1e}, dW {a['dW']:.1e}")
+                out.append(f"- chunked at {tuple(r['shape'])}: " + "; ".join(extra) + "\n")
+        out.append("Anchors measured elsewhere (not re-run): "
+                   + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()) + ".\n")
+    if "torch" in parts:
+        out.append("## Torch fused kernels at the same shapes (bf16, forward + backward w.r.t. x and W)\n")
+        rows = []
+        for r in parts["torch"].get("results", []):
+            if "median_ms" in r:
+                rows.append([tuple(r["shape"]), r["variant"], f"{r['median_ms']:.2f} ms",
+                             f"{r['peak_beyond_bytes']/2**30:.2f} GiB"])
+            else:
+                rows.append([tuple(r["shape"]), r["variant"], "error: " + r.get("error", "")[:100], ""])
+        out.append(common.table(["shape (N, D, K)", "variant", "median (CUDA events)",
+                                 "peak beyond inputs and grads"], rows))
+        if "error_tail" in parts["torch"]:
+            out.append("```\n" + parts["torch"]["error_tail"][-800:] + "\n```\n")
+    if "fit" in parts and "results" in parts["fit"]:
+        from . import suite_fit
+
+        out.append(suite_fit.markdown(parts["fit"]))
+    if "tests" in parts:
+        t = parts["tests"]
+        out.append(f"## Test suite on the device\n\n`{t.get('command', '')}` with JAX_PLATFORMS="
+                   f"{t.get('JAX_PLATFORMS', '')}: **{t.get('summary', '')}** (return code "
+                   f"{t.get('returncode')}, {t.get('seconds', 0):.0f} s).\n")
+        if t.get("failures"):
+            out.append("\n".join(f"- `{line[:200]}`" for line in t["failures"]) + "\n")
+    for name, entry in parts.items():
+        if entry.get("returncode") not in (0, None) and name != "tests":
+            out.append(f"Part `{name}` ended with return code {entry['returncode']}.\n")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
