@@ -4,15 +4,20 @@ Everything is an ``.npz`` read with ``allow_pickle=False`` (loading never runs c
 JSON metadata string stored as a unicode array. Writes go to a temporary file in the target
 folder, are flushed and fsynced, then renamed over the target with ``os.replace`` (atomic on
 POSIX and Windows), so a process killed at any moment leaves either the old file or the new
-one, never half of one. Reading checks the zip CRCs, the format tag and every array's shape.
+one, never half of one. The metadata records every array's dtype and shape and a SHA-256 of
+the metadata and the arrays; reading parses the zip itself (no allocation larger than the file
+warrants), checks the CRCs, the manifest and the checksum, and turns every failure into one
+``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -22,6 +27,20 @@ import jax
 import numpy as np
 
 META_KEY = "__meta__"
+CHECKSUM_KEY = "sha256"
+MANIFEST_KEY = "arrays"
+
+
+def content_digest(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """SHA-256 of the metadata (less the checksum itself) and of every array's name, dtype,
+    shape and bytes, in name order: any edit of a stored value changes it."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != CHECKSUM_KEY},
+                                       sort_keys=True).encode())
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{value.dtype.str}\0{value.shape}\0".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
@@ -34,9 +53,17 @@ def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
     for name, value in payload.items():
         if value.dtype == object:
             raise TypeError(f"cannot store {name!r}: object arrays would need pickle")
-    payload[META_KEY] = np.array(json.dumps(meta))
+    meta = dict(meta, **{MANIFEST_KEY: {name: [v.dtype.str, list(v.shape)] for name, v in payload.items()}})
+    meta.pop(CHECKSUM_KEY, None)
+    try:
+        meta[CHECKSUM_KEY] = content_digest(payload, meta)
+        payload[META_KEY] = np.array(json.dumps(meta, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"cannot store the metadata of {path} as JSON: {err}") from None
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, mode)  # mkstemp makes 0600; keep the old file's mode, or the umask's
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **payload)
             handle.flush()
@@ -47,6 +74,16 @@ def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a save gives ``path``: those of the file it replaces, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -62,30 +99,95 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_npz(path: str | os.PathLike, *, kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read every array and the metadata of a file written by :func:`atomic_save_npz`.
+def load_npz(path: str | os.PathLike, *, kind: str,
+             require_checksum: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read and verify every array and the metadata of a file written by :func:`atomic_save_npz`.
 
-    Raises ``FileNotFoundError`` if absent and ``ValueError`` naming the file for anything
-    truncated, corrupt or not of this format.
+    Raises ``FileNotFoundError`` if absent and one ``ValueError`` naming the file for anything
+    truncated, corrupt, edited or not of this format. ``require_checksum=False`` admits files
+    written before checksums were recorded (their arrays are still read in full and checked).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{kind} file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a jsoftmax {kind} file.")
     try:
-        # Own the file handle: np.load leaks it when the zip directory is unreadable.
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}  # reads and CRC-checks all
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{path} is not a readable jsoftmax {kind} file (truncated or corrupt?): {err}") from None
+        arrays = read_npy_members(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure is a damaged file, said once
+        raise ValueError(f"{path} is not a readable jsoftmax {kind} file (truncated or corrupt?): "
+                         f"{type(err).__name__}: {err}") from None
     if META_KEY not in arrays:
         raise ValueError(f"{path} is not a jsoftmax {kind} file: it has no metadata.")
+    raw = arrays.pop(META_KEY)
     try:
-        meta = json.loads(str(arrays.pop(META_KEY)))
-    except json.JSONDecodeError as err:
+        if raw.shape != () or raw.dtype.kind != "U":
+            raise ValueError(f"the metadata is a {raw.dtype} array of shape {raw.shape}, not a string")
+        meta = json.loads(str(raw))
+    except ValueError as err:
         raise ValueError(f"{path}: corrupt metadata: {err}") from None
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt metadata: expected a JSON object, found {type(meta).__name__}.")
+    if meta.get("kind") != kind:
         raise ValueError(f"{path} is not a jsoftmax {kind} file (kind={meta.get('kind')!r}).")
+    if CHECKSUM_KEY in meta or require_checksum:
+        _verify(path, arrays, meta)
     return arrays, meta
+
+
+def _verify(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    manifest, checksum = meta.get(MANIFEST_KEY), meta.get(CHECKSUM_KEY)
+    if not isinstance(manifest, dict) or not isinstance(checksum, str):
+        raise ValueError(f"{path}: no array manifest or checksum in the metadata (not written by "
+                         "this jsoftmax, or edited).")
+    found = {name: [v.dtype.str, list(v.shape)] for name, v in arrays.items()}
+    if found != manifest:
+        missing = sorted(set(manifest) - set(found))
+        extra = sorted(set(found) - set(manifest))
+        changed = sorted(n for n in set(found) & set(manifest) if found[n] != manifest[n])
+        raise ValueError(f"{path}: the arrays do not match the file's manifest (missing {missing}, "
+                         f"unexpected {extra}, changed dtype or shape {changed}).")
+    if content_digest(arrays, meta) != checksum:
+        raise ValueError(f"{path}: checksum mismatch: the file was modified after it was written.")
+
+
+def read_npy_members(path: Path, *, allow_compressed: bool = False) -> dict[str, np.ndarray]:
+    """Every ``name.npy`` member of an ``.npz`` (uncompressed, as ``np.savez`` writes, unless
+    ``allow_compressed``), parsed here so that no array is allocated beyond what its member
+    holds: each header must account for its member's size exactly, a stored member must fit in
+    the file, and the zip CRC is checked."""
+    size = path.stat().st_size
+    arrays: dict[str, np.ndarray] = {}
+    with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+        for info in archive.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else None
+            if not name:
+                raise ValueError(f"unexpected member {info.filename!r}")
+            if name in arrays:
+                raise ValueError(f"member {info.filename!r} appears twice")
+            compressed = allow_compressed and info.compress_type == zipfile.ZIP_DEFLATED
+            if not compressed and (info.compress_type != zipfile.ZIP_STORED or info.file_size > size):
+                raise ValueError(f"member {info.filename!r} declares {info.file_size} bytes "
+                                 f"(compression {info.compress_type}) in a file of {size}")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise ValueError(f"member {info.filename!r}: unsupported .npy version {version}")
+                if dtype.hasobject:
+                    raise ValueError(f"member {info.filename!r} holds Python objects (needs pickle)")
+                nbytes = math.prod(shape) * dtype.itemsize
+                if member.tell() + nbytes != info.file_size:
+                    raise ValueError(f"member {info.filename!r}: its header declares {shape} {dtype} "
+                                     f"({nbytes} bytes) but the member holds {info.file_size - member.tell()}")
+                data = member.read(nbytes)
+                if len(data) != nbytes or member.read(1):  # reading to the end checks the CRC
+                    raise ValueError(f"member {info.filename!r} is truncated")
+            arrays[name] = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
+    return arrays
 
 
 # --- Training checkpoints ---------------------------------------------------------------

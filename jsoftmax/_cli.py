@@ -201,7 +201,12 @@ def _model_and_data(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    model, X, _ = _model_and_data(args)
+    from . import _data
+    from ._estimator import SoftmaxRegression
+
+    model = SoftmaxRegression.load(args.model)
+    X = _data.load_features(args.file, model.n_features_in_, label_column=_label_column(args.label_column),
+                            labels_path=args.labels_file)
     if args.proba:
         proba = model.predict_proba(X)
         payload = {"classes": model.classes_.tolist(), "proba": proba.tolist()}

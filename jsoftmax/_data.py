@@ -7,11 +7,16 @@ line (text formats) or byte offset (IDX).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
-import zipfile
+import itertools
+import math
 import os
 import struct
+import zlib
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,33 +34,89 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(X, np.float64), np.asarray(y)
 
 
-def load_file(path: str | os.PathLike, *, label_column: str | int | None = None,
-              labels_path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load by file type: .csv/.tsv/.txt, .npz, .svm/.svmlight/.libsvm, MNIST IDX (raw or .gz)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"data file not found: {path}")
+def _kind(path: Path) -> str:
     name = path.name.lower()
     stem = name[:-3] if name.endswith(".gz") else name
     if "idx" in stem or stem.endswith("-ubyte"):
-        return load_idx(path, labels_path)
+        return "idx"
     if stem.endswith(".npz"):
-        return load_npz(path)
+        return "npz"
     if stem.endswith((".svm", ".svmlight", ".libsvm")):
-        return load_svmlight(path)
+        return "svmlight"
     if stem.endswith((".csv", ".tsv", ".txt")):
-        return load_csv(path, label_column=-1 if label_column is None else label_column,
-                        delimiter="\t" if stem.endswith(".tsv") else ",")
+        return "tsv" if stem.endswith(".tsv") else "csv"
     raise ValueError(
         f"{path}: unknown file type; expected .csv, .tsv, .txt, .npz, .svm/.svmlight/.libsvm "
         "or MNIST IDX (*-idx3-ubyte[.gz])."
     )
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", newline="")
-    return open(path, newline="")
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a data file.")
+    return path
+
+
+def load_file(path: str | os.PathLike, *, label_column: str | int | None = None,
+              labels_path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load by file type: .csv/.tsv/.txt, .npz, .svm/.svmlight/.libsvm, MNIST IDX (raw or .gz)."""
+    path = _existing(path)
+    kind = _kind(path)
+    if kind == "idx":
+        return load_idx(path, labels_path)
+    if kind == "npz":
+        return load_npz(path)
+    if kind == "svmlight":
+        return load_svmlight(path)
+    return load_csv(path, label_column=-1 if label_column is None else label_column,
+                    delimiter="\t" if kind == "tsv" else ",")
+
+
+def load_features(path: str | os.PathLike, n_features: int, *, label_column: str | int | None = None,
+                  labels_path: str | os.PathLike | None = None) -> np.ndarray:
+    """Features (N, n_features) to predict on. A CSV may come with its label column or without
+    it (told apart by its width when ``label_column`` is not given); any other width is an
+    error that says what was expected."""
+    path = _existing(path)
+    kind = _kind(path)
+    if kind in ("csv", "tsv") and label_column is None:
+        delimiter = "\t" if kind == "tsv" else ","
+        width = _csv_width(path, delimiter)
+        if width not in (n_features, n_features + 1):
+            raise ValueError(f"{path}: the model expects {n_features} feature columns (or "
+                             f"{n_features + 1} with the label column last); the file has {width}.")
+        X, _ = load_csv(path, label_column=None if width == n_features else -1, delimiter=delimiter)
+    elif kind == "npz":
+        X = load_npz(path, require_labels=False)[0]
+    else:
+        X = load_file(path, label_column=label_column, labels_path=labels_path)[0]
+    if X.shape[1] != n_features:
+        raise ValueError(f"{path}: the model expects {n_features} features; the file has {X.shape[1]}.")
+    return X
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _lines(path: Path, handle) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a binary handle, each line decoded as UTF-8 (a leading byte-order
+    mark is dropped), so that decoding and decompression failures name the file and the line."""
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(handle, start=1):
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}, line {line_no}: not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start + 1} of the line); save the file as UTF-8.") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}, after line {line_no}: cannot decompress: {err}") from None
 
 
 def _parse_label(text: str):
@@ -63,23 +124,67 @@ def _parse_label(text: str):
         value = float(text)
     except ValueError:
         return text.strip()
+    if not math.isfinite(value):
+        return text.strip()
     return int(value) if value.is_integer() else value
 
 
-def load_csv(path: str | os.PathLike, *, label_column: str | int = -1, header: bool | None = None,
-             delimiter: str = ",") -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels from a delimited text file.
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    with _open_binary(path) as handle:
+        reader = csv.reader((line for _, line in _lines(path, handle)), delimiter=delimiter)
+        try:
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    yield reader.line_num, row
+        except csv.Error as err:
+            raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
+
+
+def _csv_width(path: Path, delimiter: str) -> int:
+    for _, row in _csv_rows(path, delimiter):
+        return len(row)
+    raise ValueError(f"{path}: the file is empty.")
+
+
+HEADER_LOOKAHEAD = 100
+
+
+def _looks_like_header(first: list[str], following: list[list[str]], index: int | None) -> bool:
+    """Whether the first row names the columns (see :func:`load_csv`)."""
+    features = [c for j, c in enumerate(first) if j != index]
+    if any(not _is_number(c) for c in features):
+        return True
+    if len(first) >= 3 and following and all(_is_number(c) for c in first):
+        numbers = [float(c) for c in first]
+        if numbers in (list(range(len(first))), list(range(1, len(first) + 1))):
+            return True  # every column named by its number, 0..W−1 or 1..W (as pandas writes them)
+    if index is not None and not _is_number(first[index]) and following:
+        return all(len(row) > index and _is_number(row[index]) for row in following)
+    return False
+
+
+def load_csv(path: str | os.PathLike, *, label_column: str | int | None = -1, header: bool | None = None,
+             delimiter: str = ",") -> tuple[np.ndarray, np.ndarray | None]:
+    """Features and labels from a delimited UTF-8 text file (optionally .gz).
 
     Args:
-      label_column: the label column, by name (needs a header) or index (negative from the end).
-      header: True, False, or None to detect (first row has a non-numeric feature cell).
+      label_column: the label column, by name (needs a header) or index (negative from the end),
+        or None for a file of features only (labels come back as None).
+      header: True, False, or None to detect: the first row is a header when a feature cell is
+        not a number, when its label cell is text while the next rows' labels are numbers, or
+        when its W ≥ 3 cells are exactly 0..W−1 or 1..W (columns named by number, as pandas
+        writes them) and rows follow. Pass ``header`` when a file defeats the rule.
+
+    Empty lines are skipped; a byte-order mark is ignored; an empty label, a non-finite or
+    non-numeric feature, a ragged row or non-UTF-8 bytes are errors naming the line. Rows are
+    parsed as they are read, so memory stays about 8 bytes per value.
     """
-    path = Path(path)
-    with _open_text(path) as handle:
-        rows = [(i + 1, row) for i, row in enumerate(csv.reader(handle, delimiter=delimiter)) if row]
-    if not rows:
+    path = _existing(path)
+    rows = _csv_rows(path, delimiter)
+    lookahead = list(itertools.islice(rows, HEADER_LOOKAHEAD + 1))
+    if not lookahead:
         raise ValueError(f"{path}: the file is empty.")
-    first = rows[0][1]
+    first = lookahead[0][1]
     width = len(first)
     if isinstance(label_column, str):
         header = True if header is None else header
@@ -88,29 +193,40 @@ def load_csv(path: str | os.PathLike, *, label_column: str | int = -1, header: b
             raise ValueError(f"{path}: no label column named {label_column!r}"
                              + (f"; columns are {names}." if header else " (the file has no header)."))
         index = names.index(label_column)
+    elif label_column is None:
+        index = None
     else:
         index = int(label_column)
         if not -width <= index < width:
             raise ValueError(f"{path}: label column {index} is out of range for {width} columns.")
         index %= width
-        if header is None:  # a header row has a non-numeric cell where features go
-            header = any(not _is_number(c) for j, c in enumerate(first) if j != index)
-    data = rows[1:] if header else rows
-    if not data:
-        raise ValueError(f"{path}: no data rows after the header.")
-    X = np.empty((len(data), width - 1))
-    labels = []
-    for r, (line, row) in enumerate(data):
+    if header is None:
+        header = _looks_like_header(first, [r for _, r in lookahead[1:]], index)
+    if width - (index is not None) < 1:
+        raise ValueError(f"{path}: no feature columns (the file has {width} column).")
+    values, labels, n = array("d"), [], 0
+    for line, row in itertools.chain(lookahead[1:] if header else lookahead, rows):
         if len(row) != width:
             raise ValueError(f"{path}, line {line}: expected {width} columns, found {len(row)} (ragged rows).")
-        for c, cell in enumerate(v for j, v in enumerate(row) if j != index):
+        for j, cell in enumerate(row):
+            if j == index:
+                if not cell.strip():
+                    raise ValueError(f"{path}, line {line}, column {j + 1}: empty label.")
+                labels.append(_parse_label(cell))
+                continue
             try:
-                X[r, c] = float(cell)
+                value = float(cell)
             except ValueError:
-                raise ValueError(f"{path}, line {line}, column {c + (c >= index) + 1}: "
+                raise ValueError(f"{path}, line {line}, column {j + 1}: "
                                  f"non-numeric feature value {cell!r}.") from None
-        labels.append(_parse_label(row[index]))
-    return X, np.asarray(labels)
+            if not math.isfinite(value):
+                raise ValueError(f"{path}, line {line}, column {j + 1}: feature value {cell!r} is not finite.")
+            values.append(value)
+        n += 1
+    if not n:
+        raise ValueError(f"{path}: no data rows after the header.")
+    X = np.frombuffer(values, np.float64).reshape(n, width - (index is not None)).copy()
+    return X, None if index is None else np.asarray(labels)
 
 
 def _is_number(text: str) -> bool:
@@ -121,71 +237,94 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays ``X`` (N, D) and ``y`` (N,) from an .npz file (no pickle)."""
-    path = Path(path)
+def load_npz(path: str | os.PathLike, *, require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays ``X`` (N, D) and ``y`` (N,) from an .npz file (parsed without pickle and without
+    allocating more than its members hold; see ``jsoftmax._checkpoint.read_npy_members``)."""
+    from ._checkpoint import read_npy_members
+
+    path = _existing(path)
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-            missing = [k for k in ("X", "y") if k not in data.files]
-            if missing:
-                raise ValueError(f"{path}: missing array(s) {missing}; found {data.files}.")
-            X, y = data["X"], data["y"]
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz file: {err}") from None
-    except ValueError as err:
-        if str(path) in str(err):
-            raise
-        raise ValueError(f"{path}: not a readable .npz file: {err}") from None
-    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"{path}: X must be (N, D) and y (N,); got {X.shape} and {y.shape}.")
-    if not np.issubdtype(X.dtype, np.number):
+        data = read_npy_members(path, allow_compressed=True)
+    except Exception as err:  # noqa: BLE001 - any parse failure is an unreadable file
+        raise ValueError(f"{path}: not a readable .npz file: {type(err).__name__}: {err}") from None
+    wanted = ("X", "y") if require_labels else ("X",)
+    missing = [k for k in wanted if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing array(s) {missing}; found {sorted(data)}.")
+    X, y = data["X"], data.get("y")
+    if X.ndim != 2 or (y is not None and (y.ndim != 1 or len(X) != len(y))):
+        raise ValueError(f"{path}: X must be (N, D) and y (N,); got {X.shape} and {None if y is None else y.shape}.")
+    if X.dtype.kind not in "biuf":
         raise ValueError(f"{path}: X must be numeric; got {X.dtype}.")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{path}: X holds NaN or infinite values.")
     return X.astype(np.float64), y
+
+
+# A dense LIBSVM matrix may be at most this many times the bytes of its stored entries (or
+# DENSE_FLOOR_BYTES, whichever is larger): a stray index of 10⁹ must not allocate gigabytes.
+DENSE_GROWTH = 64
+DENSE_FLOOR_BYTES = 256 * 2**20
 
 
 def load_svmlight(path: str | os.PathLike, *, n_features: int | None = None,
                   zero_based: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """LIBSVM/svmlight text: ``label index:value ...`` per line, ``#`` comments.
 
-    Indices are one-based unless ``zero_based`` (None: zero-based if any index 0 appears).
+    Indices are one-based unless ``zero_based`` (None: zero-based if any index 0 appears). A
+    feature index repeated on one line is summed (as scipy sums duplicate entries). The dense
+    result may hold at most 64× the bytes of the stored entries (or 256 MiB): a larger index
+    than that needs ``n_features`` to say so.
     """
-    path = Path(path)
-    labels, entries = [], []
-    with _open_text(path) as handle:
-        for line_no, line in enumerate(handle, start=1):
+    path = _existing(path)
+    labels, rows, columns, values = [], array("q"), array("q"), array("d")
+    line_of_row = []
+    with _open_binary(path) as handle:
+        for line_no, line in _lines(path, handle):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
             label, *pairs = line.split()
-            row = []
+            row = len(labels)
             for pair in pairs:
                 index, sep, value = pair.partition(":")
                 try:
-                    if not sep or (index == "qid"):
+                    if not sep or not index.isdigit():
                         raise ValueError
-                    row.append((int(index), float(value)))
+                    number = float(value)
                 except ValueError:
                     raise ValueError(f"{path}, line {line_no}: malformed feature {pair!r} "
-                                     "(expected index:value).") from None
+                                     "(expected index:value, the index a non-negative integer).") from None
+                if not math.isfinite(number):
+                    raise ValueError(f"{path}, line {line_no}: feature {pair!r} is not finite.")
+                rows.append(row)
+                columns.append(int(index))
+                values.append(number)
             labels.append(_parse_label(label))
-            entries.append((line_no, row))
+            line_of_row.append(line_no)
     if not labels:
         raise ValueError(f"{path}: no samples.")
-    indices = [i for _, row in entries for i, _ in row]
+    columns_np = np.frombuffer(columns, np.int64) if len(columns) else np.zeros(0, np.int64)
     if zero_based is None:
-        zero_based = bool(indices) and min(indices) == 0
+        zero_based = bool(len(columns_np)) and int(columns_np.min()) == 0
     offset = 0 if zero_based else 1
-    width = max((i - offset + 1 for i in indices), default=0)
+    if len(columns_np) and int(columns_np.min()) < offset:
+        bad = int(np.argmin(columns_np))
+        raise ValueError(f"{path}, line {line_of_row[rows[bad]]}: feature index {columns[bad]} below {offset} "
+                         "(one-based file).")
+    width = int(columns_np.max()) - offset + 1 if len(columns_np) else 0
     if n_features is not None:
         if width > n_features:
-            raise ValueError(f"{path}: feature index {width} exceeds n_features={n_features}.")
+            raise ValueError(f"{path}: feature index {width - 1 + offset} exceeds n_features={n_features}.")
         width = n_features
+    dense_bytes = len(labels) * width * 8
+    if n_features is None and dense_bytes > max(DENSE_FLOOR_BYTES, DENSE_GROWTH * 16 * len(values)):
+        raise ValueError(f"{path}: the largest feature index, {width - 1 + offset}, would make a dense "
+                         f"{len(labels)} × {width} matrix ({dense_bytes / 2**30:.1f} GiB) for "
+                         f"{len(values)} stored values; pass n_features if that is really meant.")
     X = np.zeros((len(labels), width))
-    for r, (line_no, row) in enumerate(entries):
-        for index, value in row:
-            if index - offset < 0:
-                raise ValueError(f"{path}, line {line_no}: feature index {index} below {offset}.")
-            X[r, index - offset] = value
+    np.add.at(X, (np.frombuffer(rows, np.int64) if len(rows) else np.zeros(0, np.int64), columns_np - offset),
+              np.frombuffer(values, np.float64) if len(values) else np.zeros(0))
     return X, np.asarray(labels)
 
 
@@ -193,30 +332,51 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """One MNIST IDX array (raw or .gz): magic 0x0000TTNN, N big-endian dims, then data."""
+    """One MNIST IDX array (raw or .gz): magic 0x0000TTNN, N big-endian dims, then data.
+
+    The header's shape bounds every read: a raw file must be exactly that long (checked
+    before reading), and a .gz is decompressed only up to the declared size plus one byte.
+    """
     path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
+    compressed = path.name.endswith(".gz")
+    opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as err:
+            head = handle.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: truncated at offset {len(head)}: no 4-byte IDX magic number.")
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype_code not in _IDX_TYPES or ndim == 0:
+                raise ValueError(f"{path}, offset 0: bad IDX magic 0x{head.hex()} "
+                                 "(expected 0x0000 then a type byte 08/09/0B/0C/0D/0E and a rank).")
+            header = 4 + 4 * ndim
+            dims_raw = handle.read(4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise ValueError(f"{path}: truncated at offset {4 + len(dims_raw)}: header needs {header} bytes.")
+            dims = struct.unpack(f">{ndim}I", dims_raw)
+            dtype = np.dtype(_IDX_TYPES[dtype_code])
+            expected = math.prod(dims) * dtype.itemsize
+            if not compressed and os.stat(path).st_size - header != expected:
+                raise ValueError(f"{path}: data at offset {header} should be {expected} bytes for shape "
+                                 f"{dims}; found {os.stat(path).st_size - header} (truncated or padded).")
+            data = _read_at_most(handle, expected + 1)
+    except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: cannot read IDX data: {err}") from None
-    if len(raw) < 4:
-        raise ValueError(f"{path}: truncated at offset {len(raw)}: no 4-byte IDX magic number.")
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code not in _IDX_TYPES or ndim == 0:
-        raise ValueError(f"{path}, offset 0: bad IDX magic 0x{raw[:4].hex()} "
-                         "(expected 0x0000 then a type byte 08/09/0B/0C/0D/0E and a rank).")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated at offset {len(raw)}: header needs {header} bytes.")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_TYPES[dtype_code])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
+    if len(data) != expected:
         raise ValueError(f"{path}: data at offset {header} should be {expected} bytes for shape "
-                         f"{dims}; found {len(raw) - header} (truncated or padded).")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims)
+                         f"{dims}; found {'more' if len(data) > expected else len(data)} (truncated or padded).")
+    return np.frombuffer(bytes(data), dtype).reshape(dims)
+
+
+def _read_at_most(handle, limit: int, block: int = 2**20) -> bytearray:
+    """Up to ``limit`` bytes, read in blocks, so memory follows the data, not a declared size."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = handle.read(min(block, limit - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def load_idx(images_path: str | os.PathLike, labels_path: str | os.PathLike | None = None):

@@ -16,6 +16,7 @@ doubled, whose optimum has w₀ = −w₁ and the same objective value, and repo
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import Any
 
@@ -34,7 +35,7 @@ from ._train import fit
 from ._types import Params
 
 SOLVERS = ("lbfgs", "adam", "sgd")
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: checksum, array manifest, feature names; 1 still loads
 
 
 @functools.lru_cache(maxsize=32)
@@ -130,6 +131,23 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     def _check_params(self) -> None:
         if not (isinstance(self.C, numbers.Real) and self.C > 0 and np.isfinite(self.C)):
             raise ValueError(f"`C` must be a positive finite number; got {self.C!r}.")
+        for name in ("fit_intercept", "warm_start", "standardize"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
+        if not (isinstance(self.learning_rate, numbers.Real) and self.learning_rate > 0
+                and np.isfinite(self.learning_rate)):
+            raise ValueError(f"`learning_rate` must be a positive finite number; got {self.learning_rate!r}.")
+        if self.batch_size is not None and not (isinstance(self.batch_size, numbers.Integral)
+                                                and not isinstance(self.batch_size, bool) and self.batch_size > 0):
+            raise ValueError(f"`batch_size` must be None or a positive int; got {self.batch_size!r}.")
+        if self.random_state is not None and not (isinstance(self.random_state, numbers.Integral)
+                                                  and not isinstance(self.random_state, bool)):
+            raise ValueError(f"`random_state` must be None or an int; got {self.random_state!r}.")
+        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
+            raise ValueError(f"`class_weight` must be None, 'balanced' or a dict; got {self.class_weight!r}.")
+        if isinstance(self.solver, str) and self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)} "
+                             "or pass an optax.GradientTransformation.")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"`dtype` must be 'float64' or 'float32'; got {self.dtype!r}.")
         if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter > 0):
@@ -290,7 +308,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     # --- persistence --------------------------------------------------------------------
 
     def save(self, path: str) -> None:
-        """Write the fitted model to ``path`` (npz + JSON metadata, no pickle), atomically."""
+        """Write the fitted model to ``path`` atomically: an ``.npz`` of plain arrays (no pickle)
+        with JSON metadata, an array manifest and a SHA-256 checksum; an existing file keeps its
+        permissions. A custom optax solver is stored as ``"lbfgs"`` (code is never stored)."""
         check_is_fitted(self)
         classes = np.asarray(self.classes_)
         if classes.dtype == object:
@@ -303,52 +323,122 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             arrays["b"] = self._b
         if self.standardize:
             arrays["mean"], arrays["scale"] = self.mean_, self.scale_
+        if getattr(self, "feature_names_in_", None) is not None:
+            arrays["feature_names_in"] = np.asarray(self.feature_names_in_).astype(str)
         params = self.get_params()
         if not isinstance(params["solver"], str):
             params["solver"] = "lbfgs"  # a custom optax transformation cannot be stored
-        params["class_weight"] = None if self.class_weight is None else (
-            self.class_weight if isinstance(self.class_weight, str)
-            else {str(k): float(v) for k, v in self.class_weight.items()}
-        )
+        weights = params.pop("class_weight")
+        params = {name: _json_value(name, value) for name, value in params.items()}
+        params["class_weight"] = (weights if weights is None or isinstance(weights, str) else
+                                  [[_json_value("class_weight key", k), _json_value(f"class_weight[{k!r}]", v)]
+                                   for k, v in weights.items()])
         meta = {
             "format": MODEL_FORMAT,
             "estimator": type(self).__name__,
             "params": params,
             "n_features_in": int(self.n_features_in_),
             "n_iter": int(self.n_iter_[0]),
-            "optimality": self.optimality_,
+            "optimality": {k: _json_value(f"optimality_[{k!r}]", v) for k, v in self.optimality_.items()},
         }
         _checkpoint.atomic_save_npz(path, arrays, dict(meta, kind="model"))
 
     @classmethod
     def load(cls, path: str) -> SoftmaxRegression:
-        """Load a model written by :meth:`save`; never executes code from the file."""
-        arrays, meta = _checkpoint.load_npz(path, kind="model")
-        if meta.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{path}: unsupported model format {meta.get('format')!r} "
-                             f"(this jsoftmax reads format {MODEL_FORMAT}).")
+        """Load a model written by :meth:`save`, never executing code from the file.
+
+        The whole file is validated first — the checksum (format 2), every array's dtype,
+        shape and finiteness against the metadata, the classes, the scaling and the
+        hyperparameters — and any failure is one ``ValueError`` naming the file.
+        """
+        arrays, meta = _checkpoint.load_npz(path, kind="model", require_checksum=False)
         try:
-            W, classes, d = arrays["W"], arrays["classes"], int(meta["n_features_in"])
-            params = dict(meta["params"])
-        except KeyError as err:
-            raise ValueError(f"{path}: model file is missing {err}.") from None
-        b = arrays.get("b")
-        if W.ndim != 2 or W.shape != (d, len(classes)) or (b is not None and b.shape != (len(classes),)):
-            raise ValueError(
-                f"{path}: inconsistent model: W {W.shape}, b {None if b is None else b.shape}, "
-                f"{len(classes)} classes, {d} features."
-            )
-        if isinstance(params.get("class_weight"), dict):
-            params["class_weight"] = None  # keys were stringified; weights only matter for fit
+            return cls._from_file(arrays, meta)
+        except (ValueError, TypeError, KeyError) as err:
+            detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"{path}: invalid model file: {detail}") from None
+
+    @classmethod
+    def _from_file(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> SoftmaxRegression:
+        fmt = meta.get("format")
+        if fmt not in (1, MODEL_FORMAT):
+            raise ValueError(f"unsupported model format {fmt!r} (this jsoftmax reads formats 1 and {MODEL_FORMAT}).")
+        if fmt >= 2 and _checkpoint.CHECKSUM_KEY not in meta:
+            raise ValueError("a format-2 model must carry a checksum.")
+        params = meta["params"]
+        if not isinstance(params, dict) or set(params) != set(cls().get_params()):
+            raise ValueError(f"hyperparameters {sorted(params) if isinstance(params, dict) else params!r} "
+                             f"are not those of {cls.__name__} ({sorted(cls().get_params())}).")
+        params = dict(params)
+        if isinstance(params["class_weight"], list):
+            params["class_weight"] = {k: v for k, v in params["class_weight"]}
+        elif isinstance(params["class_weight"], dict):  # format 1 stringified the keys
+            params["class_weight"] = None
         model = cls(**params)
-        model.classes_, model._W, model._b = classes, W.astype(np.float64), b
-        model.n_features_in_ = d
+        model._check_params()
+        d = meta["n_features_in"]
+        if not (isinstance(d, int) and not isinstance(d, bool) and d >= 1):
+            raise ValueError(f"n_features_in must be a positive int; found {d!r}.")
+        W, classes = arrays["W"], arrays["classes"]
+        if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "iuU" and not (
+                classes.dtype.kind == "f" and np.all(np.isfinite(classes))):
+            raise ValueError(f"classes must be a 1-D array of at least 2 numbers or strings; "
+                             f"found {classes.dtype} of shape {classes.shape}.")
+        if not np.array_equal(np.unique(classes), classes):
+            raise ValueError("classes must be sorted and distinct (as np.unique gives them); "
+                             f"found {classes.tolist()[:10]}.")
+        k = len(classes)
+        _check_array("W", W, (d, k))
+        b = arrays.get("b")
+        if model.fit_intercept != (b is not None):
+            raise ValueError(f"fit_intercept={model.fit_intercept} but the file "
+                             f"{'has no' if b is None else 'has an'} intercept array b.")
+        if b is not None:
+            _check_array("b", b, (k,))
         if model.standardize:
-            if "mean" not in arrays or arrays["mean"].shape != (d,) or arrays["scale"].shape != (d,):
-                raise ValueError(f"{path}: standardisation arrays missing or of the wrong shape.")
-            model.mean_, model.scale_ = arrays["mean"], arrays["scale"]
+            _check_array("mean", arrays["mean"], (d,))
+            _check_array("scale", arrays["scale"], (d,))
+            if np.any(arrays["scale"] <= 0):
+                raise ValueError("scale must be positive (it divides the features).")
+        elif "mean" in arrays or "scale" in arrays:
+            raise ValueError("scaling arrays are present but standardize=False.")
+        names = arrays.get("feature_names_in")
+        if names is not None and (names.dtype.kind != "U" or names.shape != (d,) or len(set(names.tolist())) != d):
+            raise ValueError(f"feature_names_in must be {d} distinct strings; found {names.dtype} {names.shape}.")
+        unexpected = set(arrays) - {"W", "b", "classes", "mean", "scale", "feature_names_in"}
+        if unexpected:
+            raise ValueError(f"unexpected arrays {sorted(unexpected)}.")
+        n_iter, optimality = meta.get("n_iter", 0), meta.get("optimality", {})
+        if not (isinstance(n_iter, int) and n_iter >= 0) or not isinstance(optimality, dict):
+            raise ValueError(f"n_iter must be an int ≥ 0 and optimality an object; found {n_iter!r}, {optimality!r}.")
+        model.classes_, model._W, model._b = classes, W.astype(np.float64), None if b is None else b.astype(np.float64)
+        model.n_features_in_ = d
+        if names is not None:
+            model.feature_names_in_ = names.astype(object)
+        if model.standardize:
+            model.mean_, model.scale_ = arrays["mean"].astype(np.float64), arrays["scale"].astype(np.float64)
         model._set_public_coefficients()
-        model.n_iter_ = np.array([int(meta.get("n_iter", 0))])
-        model.optimality_ = meta.get("optimality", {})
+        model.n_iter_ = np.array([n_iter])
+        model.optimality_ = optimality
         model.loss_curve_ = []
         return model
+
+
+def _check_array(name: str, value: np.ndarray, shape: tuple[int, ...]) -> None:
+    if value.dtype.kind != "f" or value.shape != shape:
+        raise ValueError(f"{name} must be a float array of shape {shape}; found {value.dtype} {value.shape}.")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} holds NaN or infinite values.")
+
+
+def _json_value(name: str, value: Any) -> Any:
+    """A hyperparameter or report value as JSON: numpy scalars (as GridSearchCV passes them)
+    become Python numbers; anything that JSON cannot hold faithfully is a ``TypeError``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # reports only (a NaN gradient norm); hyperparameters are checked finite
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save `{name}` = {value!r} ({type(value).__name__}): model files store "
+                    "numbers, strings, booleans and None.")

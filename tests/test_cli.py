@@ -74,7 +74,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("1,2,0\n")
     code, _, err = run_cli(capsys, "predict", str(model), str(wrong))
-    assert code == 2 and "X has 2 features, but SoftmaxRegression is expecting 4" in err
+    assert code == 2 and "the model expects 4 feature columns (or 5 with the label column last); the file has 3" in err
 
 
 def test_demo_is_the_main_job(tmp_path, capsys):

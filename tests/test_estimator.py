@@ -173,7 +173,7 @@ def test_load_rejects_mismatched_arrays(tmp_path):
     arrays["W"] = arrays["W"][:, :2]  # 2 columns for 3 classes
     bad = tmp_path / "bad.npz"
     _checkpoint.atomic_save_npz(bad, arrays, meta)
-    with pytest.raises(ValueError, match="inconsistent model"):
+    with pytest.raises(ValueError, match=r"invalid model file: W must be a float array of shape \(4, 3\)"):
         SoftmaxRegression.load(bad)
 
 
