@@ -2,6 +2,7 @@
 CLI's promise about them. Each case asserts the exact outcome: the same model, the right
 values, or one ValueError naming the file with the reason."""
 
+import contextlib
 import gzip
 import json
 import os
@@ -16,6 +17,18 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_iris
 
 from jsoftmax import SoftmaxRegression, _checkpoint, _cli, _data
+
+
+@contextlib.contextmanager
+def python_peak_bytes():
+    """Yields a list that holds, after the block, the peak bytes Python allocated inside it."""
+    peak = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
 
 # --- Model files ---------------------------------------------------------------------------
 
@@ -131,13 +144,10 @@ def test_a_huge_declared_shape_is_refused_before_allocating(tmp_path):
     path = tmp_path / "m.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("W.npy", _npy_bytes("(1000000, 1000000)", b"\0" * 64))
-    tracemalloc.start()
-    try:
+    with python_peak_bytes() as peak:
         with pytest.raises(ValueError, match=r"m.npz is not a readable jsoftmax model file.*header declares"):
             SoftmaxRegression.load(path)
-        assert tracemalloc.get_traced_memory()[1] < 2**20
-    finally:
-        tracemalloc.stop()
+    assert peak[0] < 2**20
 
 
 def test_compressed_and_object_members_are_refused(tmp_path):
@@ -338,13 +348,10 @@ def test_gzip_bomb_is_read_only_up_to_the_declared_size(tmp_path):
         for _ in range(64):
             handle.write(zeros)
     assert images.stat().st_size < 200_000
-    tracemalloc.start()
-    try:
+    with python_peak_bytes() as peak:
         with pytest.raises(ValueError, match="should be 10 bytes for shape \\(10, 1\\); found more"):
             _data.read_idx(images)
-        assert tracemalloc.get_traced_memory()[1] < 8 * 2**20
-    finally:
-        tracemalloc.stop()
+    assert peak[0] < 8 * 2**20
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -352,25 +359,19 @@ def test_idx_declaring_a_huge_shape_allocates_nothing(tmp_path, compressed):
     name = "h-images-idx3-ubyte" + (".gz" if compressed else "")
     raw = _idx((2**31, 2**31, 4), b"\1" * 100)
     (tmp_path / name).write_bytes(gzip.compress(raw) if compressed else raw)
-    tracemalloc.start()
-    try:
+    with python_peak_bytes() as peak:
         with pytest.raises(ValueError, match=f"{name}: data at offset 16 should be"):
             _data.read_idx(tmp_path / name)
-        assert tracemalloc.get_traced_memory()[1] < 4 * 2**20  # one 1 MiB read block, not 16 EiB
-    finally:
-        tracemalloc.stop()
+    assert peak[0] < 4 * 2**20  # one 1 MiB read block, not 16 EiB
 
 
 def test_libsvm_huge_index_is_refused_without_allocating(tmp_path):
     path = tmp_path / "h.svm"
     path.write_text("1 1:0.5 1000000000:1\n0 2:1\n")
-    tracemalloc.start()
-    try:
+    with python_peak_bytes() as peak:
         with pytest.raises(ValueError, match=r"h.svm: the largest feature index, 1000000000, would make a dense"):
             _data.load_svmlight(path)
-        assert tracemalloc.get_traced_memory()[1] < 2**20
-    finally:
-        tracemalloc.stop()
+    assert peak[0] < 2**20
 
 
 def test_libsvm_duplicate_indices_are_summed(tmp_path):
