@@ -7,6 +7,7 @@ scikit-learn) is imported when it is first used, and the CLI imports matplotlib 
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
+from ._api import hvp as hvp
 from ._api import linear_cross_entropy as linear_cross_entropy
 from ._api import predict as predict
 from ._api import predict_proba as predict_proba
@@ -46,6 +47,7 @@ __all__ = [
     "SoftmaxRegression",
     "check_gradient",
     "fit",
+    "hvp",
     "linear_cross_entropy",
     "predict",
     "predict_proba",

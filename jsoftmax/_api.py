@@ -310,6 +310,63 @@ def value_and_grad(
     return value, grad if isinstance(params, Params) else grad.W
 
 
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _hvp_jit(W, b, X, labels, sample_weight, VW, Vb, l2, eps, *, spec, plan):
+    coef = _rows.row_coefficients(labels, sample_weight, spec, accumulation_dtype(X.dtype))
+    HW, Hb = _engine.hessian_vector(W, b, X, labels, coef, VW, Vb, eps, 0.0, spec, plan)
+    HW = HW + l2 * VW.astype(HW.dtype)
+    return HW.astype(W.dtype), None if Hb is None else Hb.astype(W.dtype)
+
+
+def hvp(
+    params: Params | Weights,
+    X: Features,
+    labels: Labels,
+    V: Params | Weights,
+    *,
+    sample_weight: RowValues | None = None,
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    check_values: bool = True,
+    chunk_rows: int | None = None,
+) -> Params | Weights:
+    r"""The Hessian of the risk at ``params`` applied to a direction ``V``, in closed form.
+
+    .. math::
+
+        H_W V = X^	opig(c \odot (\hat Y\odot A - \hat Y \odot \mathrm{rowsum}(\hat Y\odot A))
+        \,	extstyle\sum_k Tig) + \lambda V_W, \qquad A = XV_W + V_b
+
+    and :math:`H_b V = \sum_n c_n(\ldots)_n` (``docs/derivation.md`` §8). Computed by row chunks
+    like the gradient (no N×K array beyond one chunk): two matrix products per chunk for A and
+    the result, plus the scores. Newton-type solvers call it once per inner iteration.
+
+    Args:
+      params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values,
+        chunk_rows: as in :func:`risk`.
+      V: the direction, with the structure, shapes and dtype of ``params``.
+
+    Returns:
+      H·V in the structure of ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, jsoftmax
+      >>> W = jnp.zeros((2, 3)); X = jnp.eye(2); V = jnp.ones((2, 3)).at[0, 0].set(4.0)
+      >>> H = jsoftmax.hvp(W, X, jnp.array([0, 1]), V)  # row 0: ½·⅓(a − mean a); row 1: a constant
+      >>> (6 * H).round(3)
+      Array([[ 2., -1., -1.],
+             [ 0.,  0.,  0.]], dtype=float32)
+    """
+    problem, spec, plan = prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
+                                  label_smoothing=label_smoothing, ignore_index=ignore_index,
+                                  check_values=check_values, chunk_rows=chunk_rows)
+    VW, Vb = _validate.check_direction(V, params, problem.W, problem.b)
+    HW, Hb = _hvp_jit(problem.W, problem.b, problem.X, problem.labels, problem.sample_weight,
+                      VW, Vb, l2, label_smoothing, spec=spec, plan=plan)
+    return Params(HW, Hb) if isinstance(params, Params) else HW
+
+
 def risk_grad(params: Params | Weights, X: Features, labels: Labels, **options: Any
               ) -> Params | Weights:
     r"""The analytic gradient :math:`X^\top(\mathrm{softmax}(XW + b) - Y)/N + \lambda W`.

@@ -385,3 +385,53 @@ def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -
     # output varies along the mesh axes; every cross-device value is reduced explicitly above.
     return jax.shard_map(local, mesh=plan.mesh, in_specs=(in_specs,), out_specs=out_specs,
                          check_vma=False)(args)
+
+
+def hessian_vector(W: Weights, b: Bias | None, X: Features, labels, coef: RowValues, VW: Weights,
+                   Vb: Bias | None, eps, zeta, spec: LossSpec, plan: Plan) -> tuple[jax.Array, jax.Array | None]:
+    r"""The Hessian of V = Σₙ cₙℓₙ applied to a direction (V_W, V_b) (``docs/derivation.md`` §8).
+
+    With the scores' directional change :math:`A = XV_W + V_b`, per row
+    :math:`\partial^2\ell/\partial z^2\,a = \sigma\,(\hat y\odot a - \hat y\,(\hat y^\top a))
+    + 2\zeta\,\hat y(\hat y^\top a)` where :math:`\sigma = \sum_k t_k + 2\zeta\,\mathrm{lse}`;
+    then :math:`H_W = X^\top (c\odot \partial^2\ell\,A)` and :math:`H_b = \sum_n c_n\,
+    \partial^2\ell_n a_n`. Rows go in chunks of ``plan.chunk_rows`` with all classes of a chunk
+    at once (the class-block and mesh paths are the gradient's, not the HVP's), so the scratch
+    is two (rows, K) blocks. Returns (H_W (D, K), H_b (K,) or None) in the accumulation dtype.
+    """
+    n, d = X.shape
+    k = W.shape[1]
+    acc = accumulation_dtype(X.dtype)
+    eps, zeta = jnp.asarray(eps, acc), jnp.asarray(zeta, acc)
+
+    def block(carry, x, y, c):
+        HW, Hb = carry
+        z = scores(W, b, x)
+        stats = _rows.block_stats(z, y, 0, spec)
+        _, lse = _rows.finish(stats, spec, eps, zeta, k)
+        p = _rows.probabilities(z, stats)
+        a = scores(VW, Vb, x)
+        pa = jnp.sum(p * a, axis=-1, keepdims=True)
+        sigma = _rows.probability_scale(lse, _rows.stats_target_sum(stats, spec, eps), spec, zeta)
+        h = p * (a - pa)
+        if sigma is not None:
+            h = sigma[:, None] * h
+        if spec.z_loss:
+            h = h + 2 * zeta * p * pa
+        h = jnp.where(c[:, None] != 0, c[:, None] * h, 0)  # ignored rows leave even when non-finite
+        HW = _add_weight_gradient(HW, x, h.astype(x.dtype), plan.feature_blocks)
+        return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)
+
+    carry = (jnp.zeros((d, k), acc), None if b is None else jnp.zeros((k,), acc))
+    rows = max(1, min(plan.chunk_rows, n))
+    n_full, rem = divmod(n, rows)
+
+    def step(i, carry, size=rows):
+        start = i * rows
+        x, y, c = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (X, labels, coef))
+        return block(carry, x, y, c)
+
+    carry = lax.fori_loop(0, n_full, step, carry)
+    if rem:
+        carry = step(n_full, carry, rem)
+    return carry

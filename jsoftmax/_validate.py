@@ -93,6 +93,37 @@ def split_params(params: Any) -> tuple[jax.Array, jax.Array | None]:
     return W, b
 
 
+def check_direction(V: Any, params: Any, W: jax.Array, b: jax.Array | None
+                    ) -> tuple[jax.Array, jax.Array | None]:
+    """A direction ``V`` for a Hessian-vector product: the structure, shapes and dtype of
+    ``params`` (a :class:`Params` with ``b`` exactly when ``params`` has one, or a bare array)."""
+    if isinstance(params, Params):
+        if not isinstance(V, Params):
+            raise TypeError(f"`V` must be a jsoftmax.Params like `params`; got {type(V).__name__}.")
+        VW, Vb = V.W, V.b
+        if (Vb is None) != (b is None):
+            raise ValueError(f"`V.b` must be {'an array of shape ' + str(b.shape) if b is not None else 'None'} "
+                             f"like `params.b`; got {'None' if Vb is None else 'an array'}.")
+        names = ("V.W", "V.b")
+    else:
+        if isinstance(V, (Params, tuple, list, dict)):
+            raise TypeError(f"`V` must be a (D, K) array like the bare `params`; got {type(V).__name__}.")
+        VW, Vb, names = V, None, ("V", None)
+    out = []
+    for value, like, name in ((VW, W, names[0]), (Vb, b, names[1])):
+        if value is None:
+            out.append(None)
+            continue
+        value = _as_array(value, name)
+        if value.shape != like.shape:
+            raise ValueError(f"`{name}` must have the shape of the parameters, {like.shape}; got {value.shape}.")
+        _require_float(value, name)
+        if value.dtype != like.dtype:
+            raise TypeError(f"`{name}` dtype must match the parameters ({like.dtype}); got {value.dtype}.")
+        out.append(value)
+    return out[0], out[1]
+
+
 def prepare_features(params: Any, X: Any) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """Validate ``params`` and ``X`` (shape, dtype, agreement); return ``W, b, X``."""
     W, b = split_params(params)

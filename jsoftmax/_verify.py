@@ -155,7 +155,9 @@ def check_gradient(
       3. the analytic dR/dW (and dR/db, dR/dX) vs ``jax.grad`` of the plain-jnp reference risk,
          and the risk value itself;
       4. dR/dW (and dR/db) vs central finite differences of the reference risk on
-         ``n_fd_entries`` entries drawn with ``seed``.
+         ``n_fd_entries`` entries drawn with ``seed``;
+      5. the Hessian-vector product H·V (W and b blocks) along a normal direction V drawn with
+         ``seed`` vs forward-over-reverse autodiff, ``jax.jvp`` of ``jax.grad`` of the reference.
 
     Analytic quantities are computed in the dtype of ``X``; references in float64.
     Arguments as in :func:`jsoftmax.risk`.
@@ -170,11 +172,13 @@ def check_gradient(
     n, d = X.shape
     k = W.shape[1]
     rows_shown = min(n, n_jacobian_rows)
-    analytic = _analytic_side(W, b, X, labels, sample_weight, l2, label_smoothing, spec=spec,
-                              plan=plan, rows_shown=rows_shown)
-
-    # Entries for the finite differences, drawn with `seed`, and their steps h = cbrt(eps)·|p|.
+    # Entries for the finite differences, drawn with `seed`, and their steps h = cbrt(eps)·|p|;
+    # the direction of the Hessian-vector product.
     rng = np.random.default_rng(seed)
+    VW = jnp.asarray(rng.standard_normal(W.shape), W.dtype)
+    Vb = None if b is None else jnp.asarray(rng.standard_normal(b.shape), W.dtype)
+    analytic = _analytic_side(W, b, X, labels, sample_weight, l2, label_smoothing, VW, Vb, spec=spec,
+                              plan=plan, rows_shown=rows_shown)
     fd_points = {}
     for name, base in (("W", W), ("b", b)):
         if base is not None:
@@ -195,7 +199,7 @@ def check_gradient(
         reference = _reference_side(
             cast(W), cast(b), cast(X), cast(labels) if soft else labels, cast(sample_weight),
             float(l2), float(label_smoothing), int(ignore_index), rows_shown,
-            {name: jnp.asarray(point[2]) for name, point in fd_points.items()},
+            {name: jnp.asarray(point[2]) for name, point in fd_points.items()}, cast(VW), cast(Vb),
         )
         reference = jax.device_get(reference)
     analytic = jax.device_get(analytic)
@@ -231,6 +235,12 @@ def check_gradient(
                      bool(max_abs <= bound))
         )
 
+    rows.append(_row("5", "H_W V = X^T c(P*A - P rowsum(P*A)) + l2 V_W", "jvp of grad",
+                     analytic["HW"], reference["HW"], dtype_name, scales["HW"]))
+    if b is not None:
+        rows.append(_row("5", "H_b V = sum c(P*A - P rowsum(P*A))", "jvp of grad",
+                         analytic["Hb"], reference["Hb"], dtype_name, scales["Hb"]))
+
     problem_info = {
         "n": n,
         "d": d,
@@ -247,7 +257,7 @@ def check_gradient(
 
 
 @partial(jax.jit, static_argnames=("spec", "plan", "rows_shown"))
-def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, *, spec, plan, rows_shown):
+def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, VW, Vb, *, spec, plan, rows_shown):
     """Everything the library computes, in the problem's dtype, as one compiled program."""
     params = Params(W, b)
     # jax.value_and_grad of the objective runs the custom VJP: the engine's analytic gradient.
@@ -262,7 +272,10 @@ def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, *, spec, plan,
                               0.0, spec, Plan(1), Want(grad_W=True))
         return ev.gW[0]
 
+    HW, Hb = _api._hvp_jit(W, b, X, labels, sample_weight, VW, Vb, l2, smoothing, spec=spec, plan=plan)
     return {
+        "HW": HW,
+        "Hb": Hb,
         "jacobian": jax.vmap(softmax_jacobian)(z[:rows_shown]),
         "dz": jax.vmap(row_score_gradient)(z, labels),
         "value": value,
@@ -273,7 +286,8 @@ def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, *, spec, plan,
 
 
 @partial(jax.jit, static_argnames=("ignore_index", "rows_shown"))
-def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index, rows_shown, fd_offsets):
+def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index, rows_shown, fd_offsets,
+                    VW, Vb):
     """The float64 references: autodiff of plain-jnp definitions and finite differences."""
     z = X @ W if b is None else X @ W + b
     t = reference_targets(labels, W.shape[1], label_smoothing=smoothing).astype(z.dtype)
@@ -297,6 +311,15 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
         "b": jnp.linalg.norm(terms.sum(0)),
         "X": jnp.linalg.norm(terms @ jnp.abs(W).T),
     }
+    if b is None:
+        HW, Hb = jax.jvp(lambda W_: jax.grad(ref)(W_, None, X), (W,), (VW,))[1], None
+    else:
+        HW, Hb = jax.jvp(lambda W_, b_: jax.grad(ref, argnums=(0, 1))(W_, b_, X), (W, b), (VW, Vb))[1]
+    a = jnp.abs(X @ VW if Vb is None else X @ VW + Vb)
+    p = jax.nn.softmax(z)
+    h_terms = weights[:, None] * t.sum(1, keepdims=True) * (p * a + p * jnp.sum(p * a, 1, keepdims=True))
+    term_scales["HW"] = jnp.linalg.norm(jnp.abs(X).T @ h_terms) + l2 * jnp.linalg.norm(VW)
+    term_scales["Hb"] = jnp.linalg.norm(h_terms.sum(0))
     moves = {"W": lambda o: ref(W + o, b, X), "b": lambda o: ref(W, b + o, X)}
     fd = {
         name: (jax.vmap(moves[name])(offsets), jax.vmap(moves[name])(-offsets))
@@ -311,6 +334,8 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
         "X": grads[2],
         "fd": fd,
         "term_scales": term_scales,
+        "HW": HW,
+        "Hb": Hb,
     }
 
 

@@ -16,15 +16,16 @@ def test_report_rows_cover_every_step(x64):
     W, b, X, y = make_problem(12, 4, 5, seed=0, bias=True)
     report = jsoftmax.check_gradient(jsoftmax.Params(W, b), X, y, l2=0.1)
     steps = [row.step for row in report.rows]
-    assert steps == ["1", "2", "3", "3", "3", "3", "4", "4"]
+    assert steps == ["1", "2", "3", "3", "3", "3", "4", "4", "5", "5"]
     assert report.passed
-    for row in report.rows[:6]:
+    for row in report.rows[:6] + report.rows[8:]:
         assert row.rel_error <= 1e-12, row
     as_dict = report.to_dict()
-    assert as_dict["passed"] and len(as_dict["rows"]) == 8
+    assert as_dict["passed"] and len(as_dict["rows"]) == 10
     json.dumps(as_dict)  # serialisable
     table = str(report)
     assert "dR/dW" in table and "central differences" in table and "FAIL" not in table
+    assert "H_W V" in table and "jvp of grad" in table
 
 
 def test_report_detects_a_wrong_gradient(x64, monkeypatch):
@@ -65,7 +66,7 @@ def test_cli_verify_json(capsys):
     code = _cli.main(["verify", "--sizes", "6x3x3", "--dtype", "float64", "--options", "bias", "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 0 and payload["passed"]
-    assert {row["step"] for row in payload["summary"]} == {"1", "2", "3", "4"}
+    assert {row["step"] for row in payload["summary"]} == {"1", "2", "3", "4", "5"}
     assert max(row["rel_error"] for row in payload["summary"] if row["step"] != "4") <= 1e-12
 
 
