@@ -310,12 +310,19 @@ def value_and_grad(
     return value, grad if isinstance(params, Params) else grad.W
 
 
+def objective_hvp(params: Params, V: Params, X: Features, labels: Labels, sample_weight: RowValues | None,
+                  l2, eps, spec: LossSpec, plan: Plan) -> Params:
+    """The Hessian of :func:`objective` at ``params`` applied to ``V`` (validated inputs), in the
+    accumulation dtype."""
+    coef = _rows.row_coefficients(labels, sample_weight, spec, accumulation_dtype(X.dtype))
+    HW, Hb = _engine.hessian_vector(params.W, params.b, X, labels, coef, V.W, V.b, eps, 0.0, spec, plan)
+    return Params(HW + l2 * V.W.astype(HW.dtype), Hb)
+
+
 @partial(jax.jit, static_argnames=("spec", "plan"))
 def _hvp_jit(W, b, X, labels, sample_weight, VW, Vb, l2, eps, *, spec, plan):
-    coef = _rows.row_coefficients(labels, sample_weight, spec, accumulation_dtype(X.dtype))
-    HW, Hb = _engine.hessian_vector(W, b, X, labels, coef, VW, Vb, eps, 0.0, spec, plan)
-    HW = HW + l2 * VW.astype(HW.dtype)
-    return HW.astype(W.dtype), None if Hb is None else Hb.astype(W.dtype)
+    H = objective_hvp(Params(W, b), Params(VW, Vb), X, labels, sample_weight, l2, eps, spec, plan)
+    return H.W.astype(W.dtype), None if H.b is None else H.b.astype(W.dtype)
 
 
 def hvp(

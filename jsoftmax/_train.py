@@ -32,8 +32,12 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import _api, _checkpoint, _engine, _validate
+from . import _api, _checkpoint, _engine, _solvers, _validate
 from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights, accumulation_dtype
+
+
+SOLVERS = ("lbfgs", "newton-cg")
+_LBFGS = optax.lbfgs()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +52,9 @@ class FitResult:
       n_epochs: epochs run (0 in full-batch mode).
       converged: the gradient's largest entry reached ``tol``, or early stopping fired.
       grad_norm: largest absolute entry of the full-data gradient at the returned params.
-      stop_reason: ``"gtol"``, ``"max_iter"``, ``"max_epochs"``, ``"early_stopping"``, or
-        ``"diverged"`` when the loss or the gradient became NaN or infinite (the params of the
+      stop_reason: ``"gtol"``, ``"max_iter"``, ``"max_epochs"``, ``"early_stopping"``,
+        ``"stalled"`` (Newton-CG: the quadratic model predicts no further decrease, the
+        gradient being at rounding level above ``tol``), or ``"diverged"`` when the loss or the gradient became NaN or infinite (the params of the
         last step are returned; ``converged`` is False).
     """
 
@@ -148,6 +153,37 @@ def _full_batch_segment(carry, limit, tol, data, *, optimizer, spec, plan):
     return lax.while_loop(cond, body, carry)
 
 
+@partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))
+def _newton_start(params, data, *, spec, plan, max_iter):
+    """The Newton-CG loop's initial carry, in the full-batch layout."""
+    value, grad = jax.value_and_grad(_objective(data, spec, plan))(params)
+    losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
+    return jnp.asarray(0), params, _solvers.init_state(grad, value.dtype), value, grad, losses
+
+
+@partial(jax.jit, static_argnames=("spec", "plan", "max_cg"))
+def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
+    """Trust-region Newton-CG iterations until ``it == limit``, max|grad| <= tol, or the model
+    predicts no further decrease; one compiled while_loop (see ``_solvers``)."""
+    X, labels, sample_weight, l2, smoothing = data
+    value_and_grad = jax.value_and_grad(_objective(data, spec, plan))
+
+    def hvp_at(params, V):
+        return _api.objective_hvp(params, V, X, labels, sample_weight, l2, smoothing, spec, plan)
+
+    def cond(carry):
+        it, _, state, _, grad, _ = carry
+        return (it < limit) & (_inf_norm(grad) > tol) & ~state.stalled
+
+    def body(carry):
+        it, params, state, value, grad, losses = carry
+        params, state, value, grad = _solvers.newton_step(value_and_grad, hvp_at, params, state, value,
+                                                          grad, max_cg)
+        return it + 1, params, state, value, grad, losses.at[it + 1].set(value)
+
+    return lax.while_loop(cond, body, carry)
+
+
 # --- Minibatch ----------------------------------------------------------------------------
 
 
@@ -201,8 +237,9 @@ def fit(
     params: Params | Weights,
     X: Features,
     labels: Labels,
-    optimizer: optax.GradientTransformation,
+    optimizer: optax.GradientTransformation | None = None,
     *,
+    solver: str | None = None,
     sample_weight: RowValues | None = None,
     l2: float = 0.0,
     label_smoothing: float = 0.0,
@@ -230,6 +267,10 @@ def fit(
       X, labels, sample_weight, l2, label_smoothing, ignore_index: as in :func:`jsoftmax.risk`.
       optimizer: any ``optax.GradientTransformation`` (schedules included). ``optax.lbfgs()``
         gets the objective as ``value_fn`` for its line search.
+      solver: instead of ``optimizer``, a built-in full-batch solver: ``"newton-cg"``
+        (trust-region Newton-CG on the analytic Hessian-vector product, liblinear's TRON; see
+        ``jsoftmax._solvers``) or ``"lbfgs"`` (``optax.lbfgs()``). Give one of the two;
+        neither means ``"lbfgs"``.
       batch_size: ``None`` for full-batch mode; otherwise rows per minibatch.
       max_iter: full-batch iteration limit. max_epochs: minibatch epoch limit.
       tol: stop when max |dR/dθ| <= tol (full batch; checked at the end of minibatch runs).
@@ -261,11 +302,24 @@ def fit(
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
                                        mesh=mesh, data_axis=data_axis, class_axis=class_axis)
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+    batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
+    if optimizer is not None and solver is not None:
+        raise ValueError("give either `optimizer` (an optax transformation) or `solver`, not both.")
+    if solver is None and optimizer is None:
+        solver = "lbfgs"
+    if solver is not None:
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(map(repr, SOLVERS))} "
+                             "or pass an optax transformation as `optimizer`.")
+        if solver == "lbfgs":
+            optimizer, solver = _LBFGS, None  # one instance: a static argument, compiled once
+        elif batch_size is not None:
+            raise ValueError(f"solver={solver!r} is full-batch: set batch_size=None, or pass an optax "
+                             "optimizer (e.g. optax.adam) for minibatches.")
+    if optimizer is not None and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(
             f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}."
         )
-    batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
     max_iter = _positive_int(max_iter, "max_iter")
     max_epochs = _positive_int(max_epochs, "max_epochs")
     patience = _positive_int(patience, "patience", allow_none=True)
@@ -298,7 +352,7 @@ def fit(
         validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing)
         validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape)
 
-    statics = dict(optimizer=optimizer, spec=spec, plan=plan)
+    statics = dict(optimizer=optimizer, spec=spec, plan=plan) if solver is None else dict(spec=spec, plan=plan)
     checkpoints = None
     if checkpoint_dir is not None:
         # What the state was trained on: resuming on other data or options is refused.
@@ -306,10 +360,17 @@ def fit(
             (X, labels, sample_weight),
             {"l2": l2, "label_smoothing": label_smoothing, "ignore_index": ignore_index,
              "batch_size": batch_size, "seed": seed if batch_size is not None else None,
-             "dtype": jnp.dtype(W.dtype).name, "optimizer": type(optimizer).__name__})
+             "dtype": jnp.dtype(W.dtype).name,
+             "optimizer": solver or type(optimizer).__name__})
         checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, fingerprint)
-    if batch_size is None:
-        run = _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every,
+    if solver == "newton-cg":
+        steps = (partial(_newton_start, **statics),
+                 partial(_newton_segment, max_cg=_max_cg(W.size + (0 if b is None else b.size)), **statics))
+        run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
+                              checkpoints, resume)
+    elif batch_size is None:
+        steps = (partial(_full_batch_start, **statics), partial(_full_batch_segment, **statics))
+        run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
                               checkpoints, resume)
     else:
         run = _fit_minibatch(start, data, validation, min(batch_size, X.shape[0]), max_epochs,
@@ -353,9 +414,17 @@ class _Checkpoints(NamedTuple):
         return jax.tree_util.tree_map(jnp.asarray, tree), meta
 
 
-def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_every, checkpoints,
+def _max_cg(n_params: int) -> int:
+    """CG iterations per Newton step: enough to converge on small problems, bounded on large."""
+    return int(min(max(n_params, 10), 250))
+
+
+def _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every, checkpoints,
                     resume):
-    carry = _full_batch_start(start, data, max_iter=max_iter, **statics)
+    """Drive a full-batch loop (``steps`` = its compiled start and segment functions) in
+    segments for callbacks and checkpoints; the carry is (it, params, state, value, grad, losses)."""
+    start_fn, segment_fn = steps
+    carry = start_fn(start, data, max_iter=max_iter)
     if resume:
         # The state without the loss buffer (its length depends on max_iter); history in meta.
         state, meta = checkpoints.resume(carry[:5])
@@ -374,21 +443,23 @@ def _fit_full_batch(start, data, tol, max_iter, statics, callback, callback_ever
     while True:
         it = int(carry[0])
         limit = min(it + segment, max_iter)
-        carry = _full_batch_segment(carry, jnp.asarray(limit), tol_arr, data, **statics)
+        carry = segment_fn(carry, jnp.asarray(limit), tol_arr, data)
         it, grad_inf = int(carry[0]), float(_inf_norm(carry[4]))
         if checkpoints is not None:
-            history = [float(v) for v in np.asarray(carry[5][: it + 1])]
+            history = [float(v) for v in np.asarray(carry[5])[: it + 1]]
             checkpoints.save(it, carry[:5], {"mode": "full_batch", "history": history})
         if callback is not None:
             callback({"iteration": it, "loss": float(carry[3]), "grad_norm": grad_inf, "max_iter": max_iter})
         if not grad_inf > tol or it >= max_iter or it < limit:  # `not >`: NaN stops too
             break
     n_iter = int(carry[0])
-    history = {"loss": [float(v) for v in np.asarray(carry[5][: n_iter + 1])]}
+    history = {"loss": [float(v) for v in np.asarray(carry[5])[: n_iter + 1]]}
     if not (math.isfinite(grad_inf) and math.isfinite(history["loss"][-1])):
         reason = "diverged"
+    elif grad_inf <= tol:
+        reason = "gtol"
     else:
-        reason = "gtol" if grad_inf <= tol else "max_iter"
+        reason = "stalled" if bool(getattr(carry[2], "stalled", False)) else "max_iter"
     return carry[1], history, n_iter, 0, reason, grad_inf
 
 

@@ -70,3 +70,21 @@ def smoothed_risk(W, X, y, eps):
     k = W.shape[1]
     T = (1 - eps) * jax.nn.one_hot(y, k, dtype=X.dtype) + eps / k
     return -jnp.mean(jnp.sum(T * jax.nn.log_softmax(X @ W), axis=1))
+
+
+class CompileCounter:
+    """Counts XLA compilations (jax.monitoring's backend-compile event) inside a ``with``."""
+
+    def __init__(self):
+        self.count = 0
+
+    def _listen(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)

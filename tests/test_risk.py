@@ -15,6 +15,7 @@ from jsoftmax._compat import enable_x64
 from jsoftmax._reference import reference_risk
 
 from .helpers import (
+    CompileCounter,
     assert_normwise_close,
     bias_risk,
     ignore_risk,
@@ -266,24 +267,6 @@ def test_predict_and_predict_proba(x64):
     np.testing.assert_allclose(proba, expected, rtol=1e-12)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(jsoftmax.predict(jsoftmax.Params(W, b), X), expected.argmax(1))
-
-
-class CompileCounter:
-    """Counts XLA compilations (jax.monitoring's backend-compile event) inside a ``with``."""
-
-    def __init__(self):
-        self.count = 0
-
-    def _listen(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 def test_same_shapes_compile_once():
