@@ -194,7 +194,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"unknown solver 'newton'; choose one of auto, lbfgs, newton-cg, adam, sgd"):
         SoftmaxRegression(solver="newton").fit(X, y)
     with pytest.raises(ValueError, match="solver='lbfgs' is full-batch"):
-        SoftmaxRegression(batch_size=8).fit(X, y)
+        SoftmaxRegression(solver="lbfgs", batch_size=8).fit(X, y)
     with pytest.raises(ValueError, match="`C` must be a positive finite number"):
         SoftmaxRegression(C=0).fit(X, y)
     model = SoftmaxRegression().fit(X, y)
