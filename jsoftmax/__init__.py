@@ -1,11 +1,15 @@
 """jsoftmax: softmax (multinomial logistic) regression in JAX with a verified analytic gradient.
 
-Importing the package loads jax and optax only: ``SoftmaxRegression`` (which needs
+Importing the package switches on JAX's persistent compilation cache in a private per-user
+folder (``jsoftmax._cache``; ``JSOFTMAX_CACHE_DIR`` moves it, ``JSOFTMAX_CACHE_DIR=off`` disables
+it). Importing loads jax and optax only: ``SoftmaxRegression`` (which needs
 scikit-learn) is imported when it is first used, and the CLI imports matplotlib and tqdm itself.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
+
+from ._cache import enable_compilation_cache as _enable_compilation_cache
 
 from ._api import hvp as hvp
 from ._api import linear_cross_entropy as linear_cross_entropy
@@ -29,6 +33,9 @@ try:
     __version__ = version("jsoftmax")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
+
+
+compilation_cache_dir = _enable_compilation_cache()  # see jsoftmax._cache: per user, JSOFTMAX_CACHE_DIR
 
 
 def __getattr__(name: str):

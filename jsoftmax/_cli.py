@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("file", nargs="?", help="CSV/TSV, NPZ (X, y), LIBSVM or MNIST IDX file")
     train.add_argument("--dataset", choices=DATASETS, help="scikit-learn bundled dataset (default digits)")
     data_options(train)
-    train.add_argument("--solver", choices=SOLVERS, default="lbfgs")
+    train.add_argument("--solver", choices=SOLVERS, default="auto")
     train.add_argument("--lr", type=float, default=0.01, help="learning rate for adam/sgd")
     train.add_argument("--batch-size", type=int, default=None, help="minibatch size (adam/sgd)")
     train.add_argument("--epochs", type=int, default=100, help="epochs with --batch-size")

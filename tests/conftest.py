@@ -1,6 +1,12 @@
-import pytest
+import os
 
-from jsoftmax._compat import enable_x64
+# The suite counts compilations and times nothing: keep JAX's persistent cache (which jsoftmax
+# switches on at import) out of it; tests/test_cache.py checks the cache in subprocesses.
+os.environ.setdefault("JSOFTMAX_CACHE_DIR", "off")
+
+import pytest  # noqa: E402
+
+from jsoftmax._compat import enable_x64  # noqa: E402
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""The persistent compilation cache: per user, moved or disabled by JSOFTMAX_CACHE_DIR, and never
+a reason for a fit to fail. Each case runs in a fresh process (the cache is set up at import)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+FIT = """
+import json, warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import jax, jax.numpy as jnp, jsoftmax
+events = []
+jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))
+X = jnp.asarray([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]); y = jnp.asarray([0, 1, 1, 0])
+result = jsoftmax.fit(jsoftmax.Params(jnp.zeros((2, 2)), jnp.zeros(2)), X, y, l2=0.1, tol=1e-5)
+print(json.dumps({"folder": None if jsoftmax.compilation_cache_dir is None else str(jsoftmax.compilation_cache_dir),
+                  "config": jax.config.jax_compilation_cache_dir, "misses": events.count("/jax/compilation_cache/cache_misses"),
+                  "hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "converged": result.converged,
+                  "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
+"""
+
+
+def _run(env_updates):
+    env = {k: v for k, v in os.environ.items() if k != "JSOFTMAX_CACHE_DIR"}
+    env.update(env_updates, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", FIT], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_instead_of_compiling(tmp_path):
+    folder = tmp_path / "cache"
+    first = _run({"JSOFTMAX_CACHE_DIR": str(folder)})
+    second = _run({"JSOFTMAX_CACHE_DIR": str(folder)})
+    assert first["folder"] == first["config"] == str(folder) and first["converged"] and second["converged"]
+    assert first["misses"] > 5 and any(folder.iterdir())
+    assert second["misses"] == 0 and second["hits"] >= first["misses"]  # all from disk
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_default_folder_is_per_user_under_the_cache_home(tmp_path):
+    out = _run({"XDG_CACHE_HOME": str(tmp_path)})
+    assert out["folder"].startswith(str(tmp_path / "jsoftmax" / "jax-"))
+
+
+def test_off_disables(tmp_path):
+    for value in ("off", "0", ""):
+        out = _run({"JSOFTMAX_CACHE_DIR": value, "XDG_CACHE_HOME": str(tmp_path)})
+        assert out["folder"] is None and out["config"] is None and out["converged"]
+    assert not (tmp_path / "jsoftmax").exists()
+
+
+def test_unusable_folder_warns_once_and_fits_uncached(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = _run({"JSOFTMAX_CACHE_DIR": str(blocker / "cache")})
+    assert out["folder"] is None and out["converged"]
+    assert len(out["warnings"]) == 1 and "runs without a compilation cache" in out["warnings"][0]
+
+
+def test_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    out = _run({"JSOFTMAX_CACHE_DIR": str(shared)})
+    assert out["folder"] is None and "writable by other users" in out["warnings"][0]
+    assert out["converged"]
