@@ -65,6 +65,18 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None) -> str:
     return "adam" if batch_size is not None else "lbfgs"
 
 
+def column_moments(X: np.ndarray, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation in float64, over blocks of rows: no N×D
+    temporary (numpy's ``std`` would build X − mean whole, in float64)."""
+    n = X.shape[0]
+    mean = X.sum(axis=0, dtype=np.float64) / n
+    squares = np.zeros(X.shape[1])
+    for start in range(0, n, block_rows):
+        block = X[start:start + block_rows].astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", block, block)
+    return mean, np.sqrt(squares / n)
+
+
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression fitted with Optax and jsoftmax's analytic gradient.
 
@@ -191,7 +203,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         :func:`jsoftmax.fit` (progress reports; atomic checkpoints of the training state).
         """
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=1)
+        X, y = validate_data(self, X, y, dtype=self._input_dtypes(), ensure_min_samples=1)
         check_classification_targets(y)
         classes, y_ids = np.unique(y, return_inverse=True)
         if len(classes) < 2:
@@ -209,10 +221,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             raise ValueError("`sample_weight` sums to 0: no sample counts.")
 
         if self.standardize:
-            self.mean_ = X.mean(axis=0)
-            scale = X.std(axis=0)
+            self.mean_, scale = column_moments(X)
             self.scale_ = np.where(scale > 0, scale, 1.0)
-        Xs = self._transform(X)
         n_classes, n_features = len(classes), X.shape[1]
         solver = self._optimizer(X.shape[0], n_features, n_classes)
         binary = n_classes == 2
@@ -231,9 +241,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if self.fit_intercept:
                 b0 = jnp.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
             minibatch = self.batch_size is not None
+            # X goes to the device once, in the fit's dtype; standardisation is folded into
+            # the weights (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
             result = fit(
                 Params(W0, b0),
-                jnp.asarray(Xs, dtype),
+                jnp.asarray(X, dtype),
                 jnp.asarray(y_ids, jnp.int32),
                 **solver,
                 sample_weight=jnp.asarray(sample_weight, dtype),
@@ -248,6 +260,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every,
                 resume=resume,
+                feature_mean=self.mean_ if self.standardize else None,
+                feature_scale=self.scale_ if self.standardize else None,
             )
         self.classes_ = classes
         self._W = np.asarray(result.params.W, np.float64)
@@ -284,29 +298,39 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     # --- prediction ---------------------------------------------------------------------
 
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        if getattr(self, "mean_", None) is not None and self.standardize:
-            return (X - self.mean_) / self.scale_
-        return X
+    def _input_dtypes(self):
+        """float32 data stays float32 for a float32 model (no float64 copy); else float64."""
+        return [np.float32, np.float64] if self.dtype == "float32" else np.float64
+
+    def _raw_coefficients(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(W, b) acting on raw features: standardisation folded in, as in the fit."""
+        if not (self.standardize and getattr(self, "mean_", None) is not None):
+            return self._W, self._b
+        W = self._W / self.scale_[:, None]
+        shift = self.mean_ @ W
+        return W, -shift if self._b is None else self._b - shift
 
     def _features(self, X: Any):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self._transform(X)
+        return validate_data(self, X, dtype=self._input_dtypes(), reset=False)
 
     def _run(self, function, X):
-        """``function(params, X)`` on the standardised features, in the model's dtype."""
-        Xs = self._features(X)
+        """``function(params, X)`` on the raw features with the folded coefficients, in the
+        model's dtype."""
+        X = self._features(X)
+        W, b = self._raw_coefficients()
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
-            b = None if self._b is None else jnp.asarray(self._b, dtype)
-            return np.asarray(function(Params(jnp.asarray(self._W, dtype), b), jnp.asarray(Xs, dtype)))
+            b = None if b is None else jnp.asarray(b, dtype)
+            return np.asarray(function(Params(jnp.asarray(W, dtype), b), jnp.asarray(X, dtype)))
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
-        Xs = self._features(X)
-        scores = Xs @ self.coef_.T + self.intercept_
-        return scores[:, 0] if len(self.classes_) == 2 else scores
+        W, b = self._raw_coefficients()
+        scores = self._features(X) @ W + (0 if b is None else b)
+        if len(self.classes_) == 2:
+            return scores[:, 1] - scores[:, 0]
+        return scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (N, K), columns in the order of ``classes_``."""
@@ -314,8 +338,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log class probabilities, computed stably from the scores."""
-        Xs = self._features(X)
-        z = Xs @ self._W + (0 if self._b is None else self._b)
+        W, b = self._raw_coefficients()
+        z = np.asarray(self._features(X), np.float64) @ W + (0 if b is None else b)
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 

@@ -92,17 +92,41 @@ def _in_dtype(params: Params, dtype) -> Params:
     return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
 
 
+class Affine(NamedTuple):
+    """Features standardised as (X − mean)·inv_scale, folded into the weights (never formed)."""
+
+    mean: jax.Array  # (D,)
+    inv_scale: jax.Array  # (D,)
+
+
+def on_raw_features(params: Params, affine: Affine | None) -> Params:
+    r"""Parameters for raw X equal to ``params`` for standardised X:
+    :math:`((X-\mu)/\sigma)W + b = X(W/\sigma) + (b - (\mu/\sigma)W)` (linear in the params)."""
+    if affine is None:
+        return params
+    W = params.W * affine.inv_scale[:, None].astype(params.W.dtype)
+    shift = (affine.mean * affine.inv_scale).astype(params.W.dtype) @ params.W
+    return Params(W, -shift if params.b is None else params.b - shift)
+
+
 def _objective(data, spec: LossSpec, plan: Plan):
-    """The risk as a function of the params; ``data = (X, labels, weights, l2, smoothing)``.
+    """The risk as a function of the params; ``data = (X, labels, weights, l2, smoothing,
+    affine)``. With ``affine`` the params are those of standardised features, mapped onto the
+    raw X by :func:`on_raw_features` (autodiff carries the gradient back through the map), and
+    the penalty is on the standardised W, as if the scaled copy of X existed.
 
     16-bit data is trained with float32 master params (and so float32 optimizer state): the
     params are cast to the data's dtype for the risk, and its gradient comes back in float32.
     """
-    X, labels, sample_weight, l2, smoothing = data
+    X, labels, sample_weight, l2, smoothing, affine = data
 
     def objective(params: Params):
-        return _api.objective(_in_dtype(params, X.dtype), X, labels, sample_weight, l2, smoothing,
-                              spec, plan)
+        params = _in_dtype(params, X.dtype)
+        if affine is None:
+            return _api.objective(params, X, labels, sample_weight, l2, smoothing, spec, plan)
+        value = _api.objective(on_raw_features(params, affine), X, labels, sample_weight, 0.0,
+                               smoothing, spec, plan)
+        return value + 0.5 * l2 * jnp.sum(jnp.square(params.W.astype(value.dtype)))
 
     return objective
 
@@ -165,11 +189,18 @@ def _newton_start(params, data, *, spec, plan, max_iter):
 def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     """Trust-region Newton-CG iterations until ``it == limit``, max|grad| <= tol, or the model
     predicts no further decrease; one compiled while_loop (see ``_solvers``)."""
-    X, labels, sample_weight, l2, smoothing = data
+    X, labels, sample_weight, l2, smoothing, affine = data
     value_and_grad = jax.value_and_grad(_objective(data, spec, plan))
 
     def hvp_at(params, V):
-        return _api.objective_hvp(params, V, X, labels, sample_weight, l2, smoothing, spec, plan)
+        if affine is None:
+            return _api.objective_hvp(params, V, X, labels, sample_weight, l2, smoothing, spec, plan)
+        # H = Jᵀ H_raw J for the linear map J = on_raw_features; the penalty's λV directly.
+        raw, transpose = jax.vjp(lambda q: on_raw_features(q, affine), params)
+        H = _api.objective_hvp(raw, on_raw_features(V, affine), X, labels, sample_weight, 0.0,
+                               smoothing, spec, plan)
+        (H,) = transpose(jax.tree_util.tree_map(lambda h, r: h.astype(r.dtype), H, raw))
+        return H._replace(W=H.W + l2 * V.W)
 
     def cond(carry):
         it, _, state, _, grad, _ = carry
@@ -190,7 +221,7 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
 @partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "batch_size"))
 def _epoch(params, state, key, data, *, optimizer, spec, plan, batch_size):
     """One epoch: a fresh permutation, then a lax.scan of optimizer steps over its batches."""
-    X, labels, sample_weight, l2, smoothing = data
+    X, labels, sample_weight, l2, smoothing, affine = data
     n = X.shape[0]
     steps = math.ceil(n / batch_size)
     # Pad the permutation to whole batches with weight-0 rows: every sample is used each epoch.
@@ -202,7 +233,7 @@ def _epoch(params, state, key, data, *, optimizer, spec, plan, batch_size):
     def step(carry, batch):
         params, state = carry
         rows, w = batch
-        objective = _objective((X[rows], labels[rows], w, l2, smoothing), spec, plan)
+        objective = _objective((X[rows], labels[rows], w, l2, smoothing, affine), spec, plan)
         value, grad = jax.value_and_grad(objective)(params)
         params, state = _update(optimizer, objective, grad, state, params, value)
         return (params, state), value
@@ -214,8 +245,8 @@ def _epoch(params, state, key, data, *, optimizer, spec, plan, batch_size):
 @partial(jax.jit, static_argnames=("spec", "plan"))
 def _metrics(params, data, *, spec, plan):
     """(risk without penalty, accuracy over counted rows) on a data set."""
-    X, labels, sample_weight, _, smoothing = data
-    params = _in_dtype(params, X.dtype)
+    X, labels, sample_weight, _, smoothing, affine = data
+    params = on_raw_features(_in_dtype(params, X.dtype), affine)
     loss = _api.objective(params, X, labels, sample_weight, 0.0, smoothing, spec, plan)
     predicted = jnp.argmax(_engine.scores(params.W, params.b, X), axis=-1)
     if spec.soft:
@@ -259,6 +290,8 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     data_axis: str | None = None,
     class_axis: str | None = None,
+    feature_mean: jax.Array | None = None,
+    feature_scale: jax.Array | None = None,
 ) -> FitResult:
     r"""Minimise :func:`jsoftmax.risk` with an Optax optimizer and the analytic gradient.
 
@@ -286,6 +319,9 @@ def fit(
       mesh, data_axis, class_axis: train sharded over a ``jax.sharding.Mesh``: rows over
         ``data_axis`` (each step's gradient is all-reduced), W's columns over ``class_axis``.
         Works across processes after ``jax.distributed.initialize`` with global arrays.
+      feature_mean, feature_scale: (D,) each: fit as if on (X − mean)/scale, without forming
+        it (folded into the weights; ``docs/derivation.md`` §9); the returned params are for
+        the standardised features and ``l2`` penalises those weights.
 
     Returns:
       A :class:`FitResult`.
@@ -337,7 +373,8 @@ def fit(
     if mesh is not None and batch_size is not None and data_axis is not None and batch_size % mesh.shape[data_axis]:
         raise ValueError(f"`batch_size`={batch_size} must be a multiple of the {data_axis!r} axis size "
                          f"{mesh.shape[data_axis]}.")
-    data = (X, labels, sample_weight, l2, label_smoothing)
+    affine = _affine(feature_mean, feature_scale, X)
+    data = (X, labels, sample_weight, l2, label_smoothing, affine)
     # 16-bit params train as float32 masters (see _objective) and come back in their dtype.
     start = _in_dtype(Params(W, b), accumulation_dtype(W.dtype))
     validation = None
@@ -349,7 +386,7 @@ def fit(
         _validate.check_values(vproblem, ignore_index)
         if vproblem.soft != soft:
             raise TypeError("`validation_data` labels must be of the same kind (ids or rows) as `labels`.")
-        validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing)
+        validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing, affine)
         validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape)
 
     statics = dict(optimizer=optimizer, spec=spec, plan=plan) if solver is None else dict(spec=spec, plan=plan)
@@ -357,7 +394,7 @@ def fit(
     if checkpoint_dir is not None:
         # What the state was trained on: resuming on other data or options is refused.
         fingerprint = _checkpoint.fingerprint(
-            (X, labels, sample_weight),
+            (X, labels, sample_weight) + (() if affine is None else tuple(affine)),
             {"l2": l2, "label_smoothing": label_smoothing, "ignore_index": ignore_index,
              "batch_size": batch_size, "seed": seed if batch_size is not None else None,
              "dtype": jnp.dtype(W.dtype).name,
@@ -389,6 +426,24 @@ def fit(
     out = fitted if isinstance(params, Params) else fitted.W
     return FitResult(out, history, n_iter, n_epochs, stop_reason in ("gtol", "early_stopping"),
                      grad_norm, stop_reason)
+
+
+def _affine(mean, scale, X) -> Affine | None:
+    if mean is None and scale is None:
+        return None
+    d = X.shape[1]
+    values = []
+    for name, value in (("feature_mean", mean), ("feature_scale", scale)):
+        if value is None:
+            value = np.zeros(d) if name == "feature_mean" else np.ones(d)
+        value = np.asarray(value, np.float64)
+        if value.shape != (d,) or not np.all(np.isfinite(value)):
+            raise ValueError(f"`{name}` must be {d} finite numbers (one per feature); got shape {value.shape}.")
+        values.append(value)
+    if np.any(values[1] <= 0):
+        raise ValueError("`feature_scale` must be positive (it divides the features).")
+    dtype = accumulation_dtype(X.dtype)
+    return Affine(jnp.asarray(values[0], dtype), jnp.asarray(1.0 / values[1], dtype))
 
 
 class _Checkpoints(NamedTuple):
