@@ -20,6 +20,7 @@ import math
 import numbers
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -65,10 +66,11 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None) -> str:
     return "adam" if batch_size is not None else "lbfgs"
 
 
-def column_moments(X: np.ndarray, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation in float64, over blocks of rows: no N×D
-    temporary (numpy's ``std`` would build X − mean whole, in float64)."""
+def column_moments(X: np.ndarray, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation in float64, over blocks of rows (default: 16 MiB
+    of float64 each): no N×D temporary (numpy's ``std`` would build X − mean whole)."""
     n = X.shape[0]
+    block_rows = block_rows or max(1, 2**21 // max(X.shape[1], 1))
     mean = X.sum(axis=0, dtype=np.float64) / n
     squares = np.zeros(X.shape[1])
     for start in range(0, n, block_rows):
@@ -245,7 +247,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             # the weights (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
             result = fit(
                 Params(W0, b0),
-                jnp.asarray(X, dtype),
+                jax.device_put(np.asarray(X, dtype)),  # one copy (jnp.asarray makes two)
                 jnp.asarray(y_ids, jnp.int32),
                 **solver,
                 sample_weight=jnp.asarray(sample_weight, dtype),
