@@ -20,13 +20,16 @@ from ._api import risk_grad as risk_grad
 from ._api import value_and_grad as value_and_grad
 from ._mesh import shard_arrays as shard_arrays
 from ._train import FitResult as FitResult
+from ._train import ManyResult as ManyResult
 from ._train import fit as fit
+from ._train import fit_many as fit_many
 from ._types import Params as Params
 from ._verify import CheckRow as CheckRow
 from ._verify import GradientReport as GradientReport
 from ._verify import check_gradient as check_gradient
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers; loaded lazily below at run time
+    from ._cv import SoftmaxRegressionCV as SoftmaxRegressionCV
     from ._estimator import SoftmaxRegression as SoftmaxRegression
 
 try:
@@ -43,6 +46,10 @@ def __getattr__(name: str):
         from ._estimator import SoftmaxRegression
 
         return SoftmaxRegression
+    if name == "SoftmaxRegressionCV":
+        from ._cv import SoftmaxRegressionCV
+
+        return SoftmaxRegressionCV
     raise AttributeError(f"module 'jsoftmax' has no attribute {name!r}")
 
 
@@ -50,10 +57,13 @@ __all__ = [
     "CheckRow",
     "FitResult",
     "GradientReport",
+    "ManyResult",
     "Params",
     "SoftmaxRegression",
+    "SoftmaxRegressionCV",
     "check_gradient",
     "fit",
+    "fit_many",
     "hvp",
     "linear_cross_entropy",
     "predict",

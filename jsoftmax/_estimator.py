@@ -328,8 +328,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
+        X = self._features(X)  # checks fitted-ness first
         W, b = self._raw_coefficients()
-        scores = self._features(X) @ W + (0 if b is None else b)
+        scores = X @ W + (0 if b is None else b)
         if len(self.classes_) == 2:
             return scores[:, 1] - scores[:, 0]
         return scores
@@ -340,8 +341,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log class probabilities, computed stably from the scores."""
+        X = np.asarray(self._features(X), np.float64)  # checks fitted-ness first
         W, b = self._raw_coefficients()
-        z = np.asarray(self._features(X), np.float64) @ W + (0 if b is None else b)
+        z = X @ W + (0 if b is None else b)
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 

@@ -568,3 +568,127 @@ def _fit_minibatch(start, data, validation, batch_size, max_epochs, patience, se
             params, stop_reason = best["params"], "early_stopping"
             break
     return params, history, n_iter, epoch, stop_reason, None
+
+
+# --- Many models at once ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ManyResult:
+    """What :func:`fit_many` returns: everything with a leading axis of M models."""
+
+    params: Params | jax.Array  # W (M, D, K), b (M, K) or None
+    n_iter: np.ndarray  # (M,) iterations each model took
+    grad_norm: np.ndarray  # (M,) largest gradient entry at each model's result
+    converged: np.ndarray  # (M,) grad_norm <= tol
+    value: np.ndarray  # (M,) each model's risk (its own weights and l2)
+
+
+@partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "max_iter", "max_cg"))
+def _fit_many_jit(params, X, labels, weights, l2s, smoothing, means, inv_scales, tol, *, optimizer,
+                  spec, plan, max_iter, max_cg):
+    def one(p, w, l2, mean, inv_scale):
+        affine = None if mean is None else Affine(mean, inv_scale)
+        data = (X, labels, w, l2, smoothing, affine)
+        if optimizer is None:
+            carry = _newton_start(p, data, spec=spec, plan=plan, max_iter=max_iter)
+            carry = _newton_segment(carry, max_iter, tol, data, spec=spec, plan=plan, max_cg=max_cg)
+        else:
+            carry = _full_batch_start(p, data, optimizer=optimizer, spec=spec, plan=plan, max_iter=max_iter)
+            carry = _full_batch_segment(carry, max_iter, tol, data, optimizer=optimizer, spec=spec, plan=plan)
+        it, fitted, _, value, grad, _ = carry
+        return fitted, it, _inf_norm(grad), value
+
+    axes = (0, 0, 0, None if means is None else 0, None if inv_scales is None else 0)
+    return jax.vmap(one, in_axes=axes)(params, weights, l2s, means, inv_scales)
+
+
+def fit_many(
+    params: Params | Weights,
+    X: Features,
+    labels: Labels,
+    *,
+    sample_weights: jax.Array,
+    l2: jax.Array,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    solver: str = "lbfgs",
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+    feature_means: jax.Array | None = None,
+    feature_scales: jax.Array | None = None,
+) -> ManyResult:
+    r"""Fit M independent models on the same X at once, in one compiled program.
+
+    Model m minimises :func:`jsoftmax.risk` with ``sample_weight=sample_weights[m]`` and
+    ``l2=l2[m]`` — a grid of L2 strengths × row masks, e.g. the folds of a cross-validation as
+    0/1 weights (no copy of X per fold). The models run as one ``vmap`` of the full-batch
+    solver: their scores come from one product of X with the stacked weights, each model stops
+    changing once its own gradient reaches ``tol``, and the loop ends when all have.
+
+    Args:
+      params: starting points with a leading model axis: ``Params`` with W (M, D, K) and b
+        (M, K) or None, or a bare W (M, D, K) (warm starts along a path of C values).
+      X, labels, label_smoothing, ignore_index: shared by all models, as in :func:`risk`.
+      sample_weights: (M, N) non-negative row weights per model (0 leaves a row out).
+      l2: (M,) L2 strength per model.
+      solver: "lbfgs" or "newton-cg"; tol, max_iter: per model, as in :func:`fit`.
+      feature_means, feature_scales: (M, D) each, optional: per-model standardisation folded
+        into the weights (see :func:`fit`), e.g. statistics of each fold's training rows.
+
+    Returns:
+      A :class:`ManyResult`.
+    """
+    W = params.W if isinstance(params, Params) else params
+    b = params.b if isinstance(params, Params) else None
+    W = _validate._as_array(W, "params.W")
+    if W.ndim != 3:
+        raise ValueError(f"`params.W` must be (M, D, K), one (D, K) per model; got shape {W.shape}.")
+    m = W.shape[0]
+    sample_weights = _validate._as_array(sample_weights, "sample_weights")
+    l2 = _validate._as_array(l2, "l2")
+    if sample_weights.ndim != 2 or sample_weights.shape[0] != m:
+        raise ValueError(f"`sample_weights` must be (M, N) with M = {m} models; got shape {sample_weights.shape}.")
+    if l2.shape != (m,):
+        raise ValueError(f"`l2` must have shape (M,) = ({m},); got {l2.shape}.")
+    weights_np, l2_np = np.asarray(sample_weights, np.float64), np.asarray(l2, np.float64)
+    if not np.all(np.isfinite(l2_np)) or np.any(l2_np < 0):
+        raise ValueError(f"`l2` must be finite and non-negative; got {l2_np.tolist()[:10]}.")
+    if not np.all(np.isfinite(weights_np)) or np.any(weights_np < 0):
+        raise ValueError("`sample_weights` must be finite and non-negative.")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(map(repr, SOLVERS))}.")
+    max_iter = _positive_int(max_iter, "max_iter")
+    if not (isinstance(tol, numbers.Real) and tol >= 0):
+        raise ValueError(f"`tol` must be a non-negative number; got {tol!r}.")
+    first = Params(W[0], None if b is None else b[0])
+    problem, spec, plan = _api.prepare(first, X, labels, sample_weight=sample_weights[0], l2=0.0,
+                                       label_smoothing=label_smoothing, ignore_index=ignore_index)
+    if b is not None and b.shape != (m, W.shape[2]):
+        raise ValueError(f"`params.b` must be (M, K) = ({m}, {W.shape[2]}); got {b.shape}.")
+    counted = np.ones(problem.X.shape[0], bool) if problem.soft else np.asarray(problem.labels) != ignore_index
+    empty = [j for j in range(m) if not np.any(weights_np[j][counted] > 0)]
+    if empty:
+        raise ValueError(f"`sample_weights` of model(s) {empty[:10]} leave no counted row with weight > 0.")
+    means = scales = None
+    if feature_means is not None or feature_scales is not None:
+        d = problem.X.shape[1]
+        means = np.zeros((m, d)) if feature_means is None else np.asarray(feature_means, np.float64)
+        scales = np.ones((m, d)) if feature_scales is None else np.asarray(feature_scales, np.float64)
+        if means.shape != (m, d) or scales.shape != (m, d) or not np.all(np.isfinite(means)) \
+                or not np.all(np.isfinite(scales)) or np.any(scales <= 0):
+            raise ValueError(f"`feature_means`/`feature_scales` must be ({m}, {d}) finite, scales positive.")
+        acc = accumulation_dtype(problem.X.dtype)
+        means, scales = jnp.asarray(means, acc), jnp.asarray(1.0 / scales, acc)
+    acc = accumulation_dtype(problem.W.dtype)
+    start = jax.tree_util.tree_map(lambda a: jnp.asarray(a, acc), Params(W, b))
+    weights = jnp.asarray(sample_weights, problem.X.dtype)
+    optimizer = None if solver == "newton-cg" else _LBFGS
+    fitted, n_iter, grad_norm, value = _fit_many_jit(
+        start, problem.X, problem.labels, weights, jnp.asarray(l2, acc), label_smoothing, means, scales,
+        jnp.asarray(tol, acc), optimizer=optimizer, spec=spec, plan=plan, max_iter=max_iter,
+        max_cg=_max_cg(W.shape[1] * W.shape[2] + (0 if b is None else W.shape[2])))
+    fitted = _in_dtype(fitted, W.dtype)
+    grad_norm = np.asarray(grad_norm, np.float64)
+    return ManyResult(fitted if isinstance(params, Params) else fitted.W, np.asarray(n_iter),
+                      grad_norm, grad_norm <= tol, np.asarray(value, np.float64))

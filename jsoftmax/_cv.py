@@ -1,0 +1,212 @@
+"""``SoftmaxRegressionCV``: a C × fold search fitted with :func:`jsoftmax.fit_many`.
+
+scikit-learn's ``LogisticRegressionCV`` interface. The folds are row weights over one X (no
+copy of X per fold) and are fitted together, one ``vmap``-ed solve per C; the Cs are taken in
+the given order, each fold warm-started from its solution at the previous C — the path that
+makes scikit-learn's search cheap, kept here — so each compiled solve needs few iterations.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import check_cv
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from ._compat import enable_x64
+from ._estimator import SoftmaxRegression, column_moments
+from ._train import fit_many
+from ._types import Params
+
+CV_SOLVERS = ("lbfgs", "newton-cg")
+
+
+class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression with C chosen by cross-validation, every (C, fold) model
+    fitted in compiled, vmapped solves.
+
+    Args:
+      Cs: number of C values on a log grid between 1e-4 and 1e4 (as scikit-learn), or a list.
+      cv: folds: an int (stratified k-fold), a splitter, or an iterable of (train, test).
+      scoring: a scikit-learn scorer name or callable; default accuracy.
+      refit: refit on all the data at the best C (warm-started from the folds' mean), else
+        average the folds' coefficients at the best C.
+      fit_intercept, class_weight, max_iter, tol, standardize, dtype: as in
+        :class:`SoftmaxRegression` (``standardize`` uses each fold's own training statistics).
+      solver: "lbfgs" or "newton-cg" (full batch).
+
+    Attributes (scikit-learn's): ``Cs_``, ``C_`` (one per class, all equal: the model is
+    multinomial; one for a binary problem), ``scores_`` and ``coefs_paths_`` (dicts keyed by class — by the positive
+    class alone for a binary problem — of (n_folds, n_Cs) scores, the same for every class,
+    and (n_folds, n_Cs, n_features [+ 1]) coefficient paths of that class),
+    ``n_iter_`` (1, n_folds, n_Cs), ``coef_``, ``intercept_``, ``classes_``,
+    ``n_features_in_``; and ``best_estimator_``, the refitted :class:`SoftmaxRegression`.
+    """
+
+    def __init__(self, Cs: int | list = 10, *, cv: Any = None, scoring: Any = None, refit: bool = True,
+                 fit_intercept: bool = True, class_weight: dict | str | None = None, max_iter: int = 100,
+                 tol: float = 1e-4, solver: str = "lbfgs", standardize: bool = False,
+                 dtype: str = "float64"):
+        self.Cs = Cs
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.fit_intercept = fit_intercept
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.tol = tol
+        self.solver = solver
+        self.standardize = standardize
+        self.dtype = dtype
+
+    def _grid(self) -> np.ndarray:
+        Cs = self.Cs
+        if isinstance(Cs, numbers.Integral) and not isinstance(Cs, bool):
+            if Cs < 1:
+                raise ValueError(f"`Cs` must be a positive int or a list of positive numbers; got {Cs}.")
+            return np.logspace(-4, 4, int(Cs))
+        try:
+            grid = np.asarray(Cs, np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"`Cs` must be a positive int or a list of positive numbers; got {Cs!r}.") from None
+        if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+            raise ValueError(f"`Cs` must be a non-empty list of positive finite numbers; got {Cs!r}.")
+        return grid
+
+    def _folds(self, X, y) -> list[tuple[np.ndarray, np.ndarray]]:
+        cv = 5 if self.cv is None else self.cv
+        if isinstance(cv, numbers.Integral) and not isinstance(cv, bool):
+            smallest = int(np.min(np.unique(y, return_counts=True)[1]))
+            if cv < 2 or cv > len(y) or cv > smallest:
+                raise ValueError(f"`cv`={cv} folds need 2 ≤ cv ≤ the smallest class count ({smallest}) "
+                                 f"and ≤ the number of samples ({len(y)}).")
+        folds = [(np.asarray(train), np.asarray(test)) for train, test in
+                 check_cv(cv, y, classifier=True).split(X, y)]
+        for i, (train, test) in enumerate(folds):
+            if len(train) == 0 or len(test) == 0:
+                raise ValueError(f"`cv` fold {i} has an empty {'training' if len(train) == 0 else 'test'} set.")
+            if len(np.unique(y[train])) < 2:
+                raise ValueError(f"`cv` fold {i} trains on a single class; a fold needs at least two.")
+        return folds
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> SoftmaxRegressionCV:
+        """Search C over the folds, then refit; returns self."""
+        if self.solver not in CV_SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(CV_SOLVERS)}.")
+        template = self._template(1.0)
+        template._check_params()
+        grid = self._grid()
+        X, y = validate_data(self, X, y, dtype=template._input_dtypes(), ensure_min_samples=2)
+        check_classification_targets(y)
+        classes, y_ids = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"`y` needs samples of at least 2 classes; got 1 class: {classes[0]!r}.")
+        folds = self._folds(X, y)
+        base = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if np.any(base < 0):
+            raise ValueError("`sample_weight` must be non-negative.")
+        if self.class_weight is not None:
+            base = base * compute_class_weight(self.class_weight, classes=classes, y=y)[y_ids]
+        n, d = X.shape
+        k = len(classes)
+        weights = np.zeros((len(folds), n))
+        for i, (train, _) in enumerate(folds):
+            weights[i, train] = base[train]
+        totals = weights.sum(axis=1)
+        scale_l2 = (2.0 if k == 2 else 1.0) / totals
+        means = scales = None
+        if self.standardize:
+            moments = [column_moments(X[train]) for train, _ in folds]
+            means = np.stack([m for m, _ in moments])
+            scales = np.stack([np.where(s > 0, s, 1.0) for _, s in moments])
+        scorer = check_scoring(self, scoring=self.scoring) if self.scoring is not None else None
+        n_folds, n_cs = len(folds), len(grid)
+        paths = np.zeros((n_folds, n_cs, d, k))
+        biases = np.zeros((n_folds, n_cs, k))
+        scores = np.zeros((n_folds, n_cs))
+        iterations = np.zeros((n_folds, n_cs), int)
+        with enable_x64(self.dtype == "float64"):
+            dtype = jnp.dtype(self.dtype)
+            X_device = jnp.asarray(np.asarray(X, dtype))
+            labels = jnp.asarray(y_ids, jnp.int32)
+            W = jnp.zeros((n_folds, d, k), dtype)
+            b = jnp.zeros((n_folds, k), dtype) if self.fit_intercept else None
+            for j, C in enumerate(grid):  # warm-started along the path, folds in parallel
+                result = fit_many(Params(W, b), X_device, labels, sample_weights=jnp.asarray(weights, dtype),
+                                  l2=jnp.asarray(scale_l2 / C, dtype), solver=self.solver, tol=float(self.tol),
+                                  max_iter=int(self.max_iter), feature_means=means, feature_scales=scales)
+                W, b = result.params.W, result.params.b
+                paths[:, j] = np.asarray(W, np.float64)
+                if b is not None:
+                    biases[:, j] = np.asarray(b, np.float64)
+                iterations[:, j] = result.n_iter
+        for i, (_, test) in enumerate(folds):
+            for j, C in enumerate(grid):
+                model = self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes,
+                                     d, None if means is None else means[i], None if scales is None else scales[i])
+                scores[i, j] = (scorer(model, X[test], y[test]) if scorer is not None
+                                else model.score(X[test], y[test], sample_weight=None if sample_weight is None
+                                                 else base[test]))
+        best = int(np.argmax(scores.mean(axis=0)))
+        self.Cs_, self.classes_ = grid, classes
+        self.C_ = np.full(1 if k == 2 else k, grid[best])  # scikit-learn: one per class, one if binary
+        intercept_column = biases[..., None, :] if self.fit_intercept else np.zeros((n_folds, n_cs, 0, k))
+        full = np.concatenate([paths, intercept_column], axis=2).transpose(0, 1, 3, 2)  # (F, C, K, D+1)
+        if k == 2:  # scikit-learn's binomial layout: one key, the positive class, w₁ − w₀
+            self.scores_ = {classes[1]: scores}
+            self.coefs_paths_ = {classes[1]: full[:, :, 1] - full[:, :, 0]}
+        else:
+            self.scores_ = {c: scores for c in classes}
+            self.coefs_paths_ = {c: full[:, :, i] for i, c in enumerate(classes)}
+        self.n_iter_ = iterations[None]
+        mean_W, mean_b = paths[:, best].mean(axis=0), biases[:, best].mean(axis=0)
+        if self.refit:
+            final = self._template(grid[best]).set_params(warm_start=True)
+            final._W, final._b, final.classes_ = mean_W, mean_b if self.fit_intercept else None, classes
+            final.fit(X, y, sample_weight=sample_weight)
+            final.warm_start = False
+        else:
+            m_mean = None if means is None else means.mean(axis=0)
+            m_scale = None if scales is None else scales.mean(axis=0)
+            final = self._fitted(grid[best], mean_W, mean_b if self.fit_intercept else None, classes, d,
+                                 m_mean, m_scale)
+        self.best_estimator_ = final
+        self.coef_, self.intercept_ = final.coef_, final.intercept_
+        return self
+
+    def _template(self, C: float) -> SoftmaxRegression:
+        return SoftmaxRegression(C=C, fit_intercept=self.fit_intercept, class_weight=self.class_weight,
+                                 max_iter=self.max_iter, tol=self.tol, solver=self.solver,
+                                 standardize=self.standardize, dtype=self.dtype)
+
+    def _fitted(self, C, W, b, classes, d, mean, scale) -> SoftmaxRegression:
+        """A :class:`SoftmaxRegression` holding given coefficients (for scoring a fold)."""
+        model = self._template(C)
+        model.classes_, model._W, model._b, model.n_features_in_ = classes, W, b, d
+        if self.standardize:
+            model.mean_, model.scale_ = mean, scale
+        model._set_public_coefficients()
+        return model
+
+    def _final(self) -> SoftmaxRegression:
+        check_is_fitted(self)
+        return self.best_estimator_
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self._final().decision_function(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self._final().predict_proba(X)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        return self._final().predict_log_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._final().predict(X)
