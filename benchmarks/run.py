@@ -13,7 +13,7 @@ import sys
 
 from . import common
 
-SUITES = ("hot", "memory", "fit", "scaling")
+SUITES = ("hot", "memory", "fit", "search", "scaling")
 
 
 def main(argv=None) -> int:
