@@ -319,6 +319,28 @@ def objective_hvp(params: Params, V: Params, X: Features, labels: Labels, sample
     return Params(HW + l2 * V.W.astype(HW.dtype), Hb)
 
 
+def curvature(params: Params, X: Features, labels: Labels, sample_weight: RowValues | None, eps,
+              spec: LossSpec) -> tuple[jax.Array, jax.Array]:
+    """(P, r): the probabilities (N, K) at ``params`` and the row factors rₙ = cₙΣₖtₙₖ, for
+    Hessian-vector products that reuse them (:func:`cached_hvp`): a Newton step applies the
+    Hessian at one point many times, and with P kept each product costs two matrix products
+    instead of three. Holds N×K numbers: for problems where that fits in memory."""
+    acc = accumulation_dtype(X.dtype)
+    coef = _rows.row_coefficients(labels, sample_weight, spec, acc)
+    P = jax.nn.softmax(_engine.scores(params.W, params.b, X), axis=-1)
+    t_sum = _rows.target_sum(labels, spec, jnp.asarray(eps, acc), acc)
+    return P, coef if t_sum is None else coef * t_sum
+
+
+def cached_hvp(P: jax.Array, r: jax.Array, X: Features, V: Params) -> Params:
+    """H·V of the loss (no penalty) from :func:`curvature`'s P and r (``docs/derivation.md`` §8)."""
+    A = _engine.scores(V.W, V.b, X)
+    h = P * (A - jnp.sum(P * A, axis=-1, keepdims=True))
+    h = jnp.where(r[:, None] != 0, r[:, None] * h, 0)
+    HW = _engine.matmul(X.T, h.astype(X.dtype))
+    return Params(HW, None if V.b is None else jnp.sum(h, axis=0))
+
+
 @partial(jax.jit, static_argnames=("spec", "plan"))
 def _hvp_jit(W, b, X, labels, sample_weight, VW, Vb, l2, eps, *, spec, plan):
     H = objective_hvp(Params(W, b), Params(VW, Vb), X, labels, sample_weight, l2, eps, spec, plan)

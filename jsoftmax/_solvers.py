@@ -85,10 +85,11 @@ def steihaug_cg(hvp: Callable, grad, radius, max_cg: int):
     return s, r, i
 
 
-def newton_step(value_and_grad: Callable, hvp_at: Callable, params, state: NewtonState, value, grad,
+def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: NewtonState, value, grad,
                 max_cg: int):
-    """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule."""
-    s, r, cg_iters = steihaug_cg(lambda v: hvp_at(params, v), grad, state.radius, max_cg)
+    """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule.
+    ``make_hvp(params)`` returns v ↦ H(params)·v (it may precompute what every product reuses)."""
+    s, r, cg_iters = steihaug_cg(make_hvp(params), grad, state.radius, max_cg)
     gs = tree_vdot(grad, s)
     predicted = -0.5 * (gs - tree_vdot(s, r))  # −(gᵀs + ½sᵀHs)
     trial = tree_axpy(1.0, s, params)

@@ -192,15 +192,28 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     X, labels, sample_weight, l2, smoothing, affine = data
     value_and_grad = jax.value_and_grad(_objective(data, spec, plan))
 
-    def hvp_at(params, V):
-        if affine is None:
-            return _api.objective_hvp(params, V, X, labels, sample_weight, l2, smoothing, spec, plan)
-        # H = Jᵀ H_raw J for the linear map J = on_raw_features; the penalty's λV directly.
+    # Keep the probabilities for the CG steps of an outer iteration when N×K fits the budget.
+    keep = X.shape[0] * _classes_of(carry) * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES
+
+    def make_hvp(params):
+        params = _in_dtype(params, X.dtype)
         raw, transpose = jax.vjp(lambda q: on_raw_features(q, affine), params)
-        H = _api.objective_hvp(raw, on_raw_features(V, affine), X, labels, sample_weight, 0.0,
-                               smoothing, spec, plan)
-        (H,) = transpose(jax.tree_util.tree_map(lambda h, r: h.astype(r.dtype), H, raw))
-        return H._replace(W=H.W + l2 * V.W)
+        if keep:
+            P, r = _api.curvature(raw, X, labels, sample_weight, smoothing, spec)
+            loss_hvp = lambda V: _api.cached_hvp(P, r, X, V)  # noqa: E731
+        else:
+            loss_hvp = lambda V: _api.objective_hvp(raw, V, X, labels, sample_weight, 0.0,  # noqa: E731
+                                                    smoothing, spec, plan)
+
+        def hvp(V):
+            # H = Jᵀ H_raw J for the linear map J = on_raw_features (identity without affine);
+            # the penalty contributes λV on the (standardised) weights.
+            H = loss_hvp(on_raw_features(_in_dtype(V, X.dtype), affine))
+            (H,) = transpose(jax.tree_util.tree_map(lambda h, q: h.astype(q.dtype), H, raw))
+            H = jax.tree_util.tree_map(lambda h, v: h.astype(v.dtype), H, V)
+            return H._replace(W=H.W + l2 * V.W)
+
+        return hvp
 
     def cond(carry):
         it, _, state, _, grad, _ = carry
@@ -208,7 +221,7 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
 
     def body(carry):
         it, params, state, value, grad, losses = carry
-        params, state, value, grad = _solvers.newton_step(value_and_grad, hvp_at, params, state, value,
+        params, state, value, grad = _solvers.newton_step(value_and_grad, make_hvp, params, state, value,
                                                           grad, max_cg)
         return it + 1, params, state, value, grad, losses.at[it + 1].set(value)
 
@@ -467,6 +480,14 @@ class _Checkpoints(NamedTuple):
                 "optimizer differ): resuming would continue a different problem. Use another "
                 "folder, or resume=False to start afresh.")
         return jax.tree_util.tree_map(jnp.asarray, tree), meta
+
+
+CURVATURE_BYTES = 256 * 2**20  # keep N×K probabilities across CG steps up to this size
+
+
+def _classes_of(carry) -> int:
+    """K, the classes, from a full-batch carry's params."""
+    return carry[1].W.shape[1]
 
 
 def _max_cg(n_params: int) -> int:
