@@ -80,6 +80,13 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Pa
     return json_path, md_path
 
 
+def publish(name: str, payload: dict[str, Any], markdown: str) -> None:
+    """Write the results (see :func:`write_results`) and print the markdown and where it went."""
+    json_path, md_path = write_results(name, payload, markdown)
+    print(markdown)
+    print(f"wrote {json_path} and {md_path}")
+
+
 def stamp_markdown(info: dict[str, Any], command: str) -> str:
     return (
         f"Machine: {info['cpu']} ({info['cpu_count']} cores), {info['platform']} "

@@ -68,9 +68,7 @@ def main() -> int:
     md = ("# First fit in a fresh process (digits, standardize, tol 1e-6, float64)\n\n"
           + common.stamp_markdown(info, payload["command"]) + "\n"
           + common.table(["process", "import", "first fit", "vs scikit-learn", "second fit"], rows))
-    json_path, md_path = common.write_results(f"first-call-{info['platform']}", payload, md)
-    print(md)
-    print(f"wrote {json_path} and {md_path}")
+    common.publish(f"first-call-{info['platform']}", payload, md)
     return 0
 
 

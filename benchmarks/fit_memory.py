@@ -52,9 +52,7 @@ def main() -> int:
     md = ("# Peak memory of a fit beyond X (200,000 × 512, K = 100, standardize, 10 iterations)\n\n"
           + common.stamp_markdown(info, payload["command"]) + "\n"
           + common.table(["dtype", "X", "peak RSS growth during fit", "growth / X", "fit time"], rows))
-    json_path, md_path = common.write_results(f"fit-memory-{info['platform']}", payload, md)
-    print(md)
-    print(f"wrote {json_path} and {md_path}")
+    common.publish(f"fit-memory-{info['platform']}", payload, md)
     return 0
 
 

@@ -37,7 +37,6 @@ from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights
 
 
 SOLVERS = ("lbfgs", "newton-cg")
-_LBFGS = optax.lbfgs()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +227,31 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     return lax.while_loop(cond, body, carry)
 
 
+@partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))
+def _lbfgs_start(params, data, *, spec, plan, max_iter):
+    """The lean L-BFGS loop's initial carry, in the full-batch layout (see ``_solvers``)."""
+    value, grad = jax.value_and_grad(_objective(data, spec, plan))(params)
+    losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
+    return jnp.asarray(0), params, _solvers.lbfgs_init(grad, value.dtype), value, grad, losses
+
+
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _lbfgs_segment(carry, limit, tol, data, *, spec, plan):
+    """Lean L-BFGS iterations until ``it == limit``, max|grad| <= tol, or no step is found."""
+    value_and_grad = jax.value_and_grad(_objective(data, spec, plan))
+
+    def cond(carry):
+        it, _, state, _, grad, _ = carry
+        return (it < limit) & (_inf_norm(grad) > tol) & ~state.stalled
+
+    def body(carry):
+        it, params, state, value, grad, losses = carry
+        params, state, value, grad = _solvers.lbfgs_step(value_and_grad, params, state, value, grad)
+        return it + 1, params, state, value, grad, losses.at[it + 1].set(value)
+
+    return lax.while_loop(cond, body, carry)
+
+
 # --- Minibatch ----------------------------------------------------------------------------
 
 
@@ -313,10 +337,10 @@ def fit(
       X, labels, sample_weight, l2, label_smoothing, ignore_index: as in :func:`jsoftmax.risk`.
       optimizer: any ``optax.GradientTransformation`` (schedules included). ``optax.lbfgs()``
         gets the objective as ``value_fn`` for its line search.
-      solver: instead of ``optimizer``, a built-in full-batch solver: ``"newton-cg"``
-        (trust-region Newton-CG on the analytic Hessian-vector product, liblinear's TRON; see
-        ``jsoftmax._solvers``) or ``"lbfgs"`` (``optax.lbfgs()``). Give one of the two;
-        neither means ``"lbfgs"``.
+      solver: instead of ``optimizer``, a built-in full-batch solver: ``"lbfgs"`` (a lean
+        L-BFGS with a backtracking line search, one evaluation per iteration; see
+        ``jsoftmax._solvers``) or ``"newton-cg"`` (trust-region Newton-CG on the analytic
+        Hessian-vector product, liblinear's TRON). Give one of the two; neither means "lbfgs".
       batch_size: ``None`` for full-batch mode; otherwise rows per minibatch.
       max_iter: full-batch iteration limit. max_epochs: minibatch epoch limit.
       tol: stop when max |dR/dθ| <= tol (full batch; checked at the end of minibatch runs).
@@ -360,9 +384,7 @@ def fit(
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(map(repr, SOLVERS))} "
                              "or pass an optax transformation as `optimizer`.")
-        if solver == "lbfgs":
-            optimizer, solver = _LBFGS, None  # one instance: a static argument, compiled once
-        elif batch_size is not None:
+        if batch_size is not None:
             raise ValueError(f"solver={solver!r} is full-batch: set batch_size=None, or pass an optax "
                              "optimizer (e.g. optax.adam) for minibatches.")
     if optimizer is not None and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
@@ -413,7 +435,11 @@ def fit(
              "dtype": jnp.dtype(W.dtype).name,
              "optimizer": solver or type(optimizer).__name__})
         checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, fingerprint)
-    if solver == "newton-cg":
+    if solver == "lbfgs":
+        steps = (partial(_lbfgs_start, **statics), partial(_lbfgs_segment, **statics))
+        run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
+                              checkpoints, resume)
+    elif solver == "newton-cg":
         steps = (partial(_newton_start, **statics),
                  partial(_newton_segment, max_cg=_max_cg(W.size + (0 if b is None else b.size)), **statics))
         run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
@@ -611,12 +637,12 @@ def _fit_many_jit(params, X, labels, weights, l2s, smoothing, means, inv_scales,
     def one(p, w, l2, mean, inv_scale):
         affine = None if mean is None else Affine(mean, inv_scale)
         data = (X, labels, w, l2, smoothing, affine)
-        if optimizer is None:
+        if optimizer == "newton-cg":
             carry = _newton_start(p, data, spec=spec, plan=plan, max_iter=max_iter)
             carry = _newton_segment(carry, max_iter, tol, data, spec=spec, plan=plan, max_cg=max_cg)
         else:
-            carry = _full_batch_start(p, data, optimizer=optimizer, spec=spec, plan=plan, max_iter=max_iter)
-            carry = _full_batch_segment(carry, max_iter, tol, data, optimizer=optimizer, spec=spec, plan=plan)
+            carry = _lbfgs_start(p, data, spec=spec, plan=plan, max_iter=max_iter)
+            carry = _lbfgs_segment(carry, max_iter, tol, data, spec=spec, plan=plan)
         it, fitted, _, value, grad, _ = carry
         return fitted, it, _inf_norm(grad), value
 
@@ -704,10 +730,9 @@ def fit_many(
     acc = accumulation_dtype(problem.W.dtype)
     start = jax.tree_util.tree_map(lambda a: jnp.asarray(a, acc), Params(W, b))
     weights = jnp.asarray(sample_weights, problem.X.dtype)
-    optimizer = None if solver == "newton-cg" else _LBFGS
     fitted, n_iter, grad_norm, value = _fit_many_jit(
         start, problem.X, problem.labels, weights, jnp.asarray(l2, acc), label_smoothing, means, scales,
-        jnp.asarray(tol, acc), optimizer=optimizer, spec=spec, plan=plan, max_iter=max_iter,
+        jnp.asarray(tol, acc), optimizer=solver, spec=spec, plan=plan, max_iter=max_iter,
         max_cg=_max_cg(W.shape[1] * W.shape[2] + (0 if b is None else W.shape[2])))
     fitted = _in_dtype(fitted, W.dtype)
     grad_norm = np.asarray(grad_norm, np.float64)

@@ -409,32 +409,29 @@ def test_npz_data_with_a_huge_declared_shape_or_nan(tmp_path):
         _data.load_file(path)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet="0123456789.,-+eE \t\nabc\"", max_size=200))
-def test_fuzzed_csv_parses_or_names_the_problem(tmp_path, text):
-    path = tmp_path / "fuzz.csv"
+def _parses_or_names_the_file(path, text, load, max_bytes):
+    """``load(path)`` gives consistent finite arrays within ``max_bytes``, or a ValueError naming the file."""
     path.write_text(text)
     try:
-        X, y = _data.load_csv(path)
+        X, y = load(path)
     except ValueError as err:
         assert str(path) in str(err)
     else:
         assert X.ndim == 2 and len(X) == len(y) >= 1 and np.all(np.isfinite(X))
-        assert X.nbytes <= 8 * len(text)
+        assert X.nbytes <= max_bytes
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet="0123456789.,-+eE \t\nabc\"", max_size=200))
+def test_fuzzed_csv_parses_or_names_the_problem(tmp_path, text):
+    _parses_or_names_the_file(tmp_path / "fuzz.csv", text, _data.load_csv, 8 * len(text))
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet="0123456789:.- \n#e", max_size=200))
 def test_fuzzed_libsvm_parses_or_names_the_problem(tmp_path, text):
-    path = tmp_path / "fuzz.svm"
-    path.write_text(text)
-    try:
-        X, y = _data.load_svmlight(path)
-    except ValueError as err:
-        assert str(path) in str(err)
-    else:
-        assert X.ndim == 2 and len(X) == len(y) >= 1 and np.all(np.isfinite(X))
-        assert X.nbytes <= max(_data.DENSE_FLOOR_BYTES, 64 * 16 * text.count(":"))
+    _parses_or_names_the_file(tmp_path / "fuzz.svm", text, _data.load_svmlight,
+                              max(_data.DENSE_FLOOR_BYTES, 64 * 16 * text.count(":")))
 
 
 # --- The CLI's promise ---------------------------------------------------------------------

@@ -99,3 +99,30 @@ def test_lbfgs_by_name_compiles_once(x64):
     with CompileCounter() as counter:
         jsoftmax.fit(start, X, y, solver="lbfgs", l2=0.2, max_iter=20)
     assert counter.count == 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lean_lbfgs_reaches_optax_lbfgs_minimum(x64, bias):
+    W, b, X, y = make_problem(250, 7, 5, seed=8, bias=True)
+    start = jsoftmax.Params(jnp.zeros_like(W), jnp.zeros_like(b) if bias else None)
+    lean = jsoftmax.fit(start, X, y, solver="lbfgs", l2=1e-3, tol=1e-9, max_iter=1000)
+    reference = jsoftmax.fit(start, X, y, optax.lbfgs(), l2=1e-3, tol=1e-9, max_iter=1000)
+    assert lean.stop_reason == "gtol" and lean.grad_norm <= 1e-9
+    np.testing.assert_allclose(lean.params.W, reference.params.W, atol=1e-7)
+    losses = lean.history["loss"]
+    assert all(b <= a + 64 * np.finfo(np.float64).eps * abs(a) for a, b in zip(losses, losses[1:]))
+
+
+def test_lean_lbfgs_float32_and_bfloat16(x32):
+    W, b, X, y = make_problem(120, 4, 3, seed=9, dtype=jnp.float32, bias=True)
+    start = jsoftmax.Params(jnp.zeros_like(W), jnp.zeros_like(b))
+    result = jsoftmax.fit(start, X, y, solver="lbfgs", l2=1e-2, tol=1e-5)
+    assert result.converged and result.params.W.dtype == jnp.float32
+    half = jsoftmax.fit(jax_tree_cast(start, jnp.bfloat16), X.astype(jnp.bfloat16), y, solver="lbfgs", l2=1e-2,
+                        tol=1e-2, max_iter=200)
+    assert half.params.W.dtype == jnp.bfloat16 and half.stop_reason in ("gtol", "stalled")
+    np.testing.assert_allclose(np.asarray(half.params.W, np.float32), result.params.W, atol=0.05)
+
+
+def jax_tree_cast(params, dtype):
+    return jsoftmax.Params(params.W.astype(dtype), None if params.b is None else params.b.astype(dtype))
