@@ -56,9 +56,9 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None) -> str:
     """The solver ``solver="auto"`` picks: "adam" for minibatches, else "lbfgs".
 
     Measured on this project's CPU (``benchmarks/results/fit-cpu.md``, float64, the fit suite's
-    digits, 50k×128×20 and 100k×256×50 at tol 1e-4 and 1e-6): L-BFGS took 0.62–0.92× Newton-CG's
-    time on the synthetic problems, 0.70× on digits at tol 1e-4 and 1.2× at 1e-6; Newton-CG
-    needs 3–10× fewer outer iterations, but each CG step costs an HVP. The arguments are the problem's
+    digits, 50k×128×20 and 100k×256×50 at tol 1e-4 and 1e-6): the lean L-BFGS took 0.59–0.72×
+    Newton-CG's time on the synthetic problems and 0.61–0.88× on digits; Newton-CG needs 3–10×
+    fewer outer iterations, but each CG step costs an HVP. The arguments are the problem's
     shape, so that the rule can grow with the measurements (e.g. ill-conditioned problems,
     where Newton-CG's iteration count matters most).
     """
