@@ -87,7 +87,7 @@ def steihaug_cg(hvp: Callable, grad, radius, max_cg: int):
 
 
 def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: NewtonState, value, grad,
-                max_cg: int):
+                *, max_cg: int):
     """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule.
     ``make_hvp(params)`` returns v ↦ H(params)·v (it may precompute what every product reuses)."""
     s, r, cg_iters = steihaug_cg(make_hvp(params), grad, state.radius, max_cg)

@@ -141,12 +141,36 @@ def _update(optimizer, objective, grad, state, params, value):
 # --- Full batch ---------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "max_iter"))
-def _full_batch_start(params, data, *, optimizer, spec, plan, max_iter):
-    """The loop's initial carry: (iteration, params, state, value, grad, loss history)."""
+def _first_carry(params, data, spec, plan, max_iter, init_state):
+    """A full-batch loop's initial carry: (iteration, params, solver state, value, grad, loss
+    history); ``init_state(params, grad, value)`` gives the solver's state."""
     value, grad = jax.value_and_grad(_objective(data, spec, plan))(params)
     losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
-    return jnp.asarray(0), params, optimizer.init(params), value, grad, losses
+    return jnp.asarray(0), params, init_state(params, grad, value), value, grad, losses
+
+
+def _iterate(carry, limit, tol, step):
+    """``step(params, state, value, grad)`` until ``it == limit``, max|grad| <= tol (a NaN
+    gradient also stops, since NaN > tol is false) or the state says ``stalled``; one
+    compiled while_loop that records the loss history."""
+
+    def cond(carry):
+        it, _, state, _, grad, _ = carry
+        going = (it < limit) & (_inf_norm(grad) > tol)
+        stalled = getattr(state, "stalled", None)  # optax's states have none
+        return going if stalled is None else going & ~stalled
+
+    def body(carry):
+        it, params, state, value, grad, losses = carry
+        params, state, value, grad = step(params, state, value, grad)
+        return it + 1, params, state, value, grad, losses.at[it + 1].set(value)
+
+    return lax.while_loop(cond, body, carry)
+
+
+@partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "max_iter"))
+def _full_batch_start(params, data, *, optimizer, spec, plan, max_iter):
+    return _first_carry(params, data, spec, plan, max_iter, lambda p, g, v: optimizer.init(p))
 
 
 @partial(jax.jit, static_argnames=("optimizer", "spec", "plan"))
@@ -159,29 +183,17 @@ def _full_batch_segment(carry, limit, tol, data, *, optimizer, spec, plan):
         optax.value_and_grad_from_state(objective) if linesearch else jax.value_and_grad(objective)
     )
 
-    def cond(carry):
-        it, _, _, _, grad, _ = carry
-        return (it < limit) & (_inf_norm(grad) > tol)
-
-    def body(carry):
-        it, params, state, value, grad, losses = carry
+    def step(params, state, value, grad):
         params, state = _update(optimizer, objective, grad, state, params, value)
-        if linesearch:
-            value, grad = value_and_grad(params, state=state)
-        else:
-            value, grad = value_and_grad(params)
-        losses = losses.at[it + 1].set(value)
-        return it + 1, params, state, value, grad, losses
+        value, grad = value_and_grad(params, state=state) if linesearch else value_and_grad(params)
+        return params, state, value, grad
 
-    return lax.while_loop(cond, body, carry)
+    return _iterate(carry, limit, tol, step)
 
 
 @partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))
 def _newton_start(params, data, *, spec, plan, max_iter):
-    """The Newton-CG loop's initial carry, in the full-batch layout."""
-    value, grad = jax.value_and_grad(_objective(data, spec, plan))(params)
-    losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
-    return jnp.asarray(0), params, _solvers.init_state(grad, value.dtype), value, grad, losses
+    return _first_carry(params, data, spec, plan, max_iter, lambda p, g, v: _solvers.init_state(g, v.dtype))
 
 
 @partial(jax.jit, static_argnames=("spec", "plan", "max_cg"))
@@ -214,42 +226,19 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
 
         return hvp
 
-    def cond(carry):
-        it, _, state, _, grad, _ = carry
-        return (it < limit) & (_inf_norm(grad) > tol) & ~state.stalled
-
-    def body(carry):
-        it, params, state, value, grad, losses = carry
-        params, state, value, grad = _solvers.newton_step(value_and_grad, make_hvp, params, state, value,
-                                                          grad, max_cg)
-        return it + 1, params, state, value, grad, losses.at[it + 1].set(value)
-
-    return lax.while_loop(cond, body, carry)
+    return _iterate(carry, limit, tol, partial(_solvers.newton_step, value_and_grad, make_hvp, max_cg=max_cg))
 
 
 @partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))
 def _lbfgs_start(params, data, *, spec, plan, max_iter):
-    """The lean L-BFGS loop's initial carry, in the full-batch layout (see ``_solvers``)."""
-    value, grad = jax.value_and_grad(_objective(data, spec, plan))(params)
-    losses = jnp.full((max_iter + 1,), jnp.nan, value.dtype).at[0].set(value)
-    return jnp.asarray(0), params, _solvers.lbfgs_init(grad, value.dtype), value, grad, losses
+    return _first_carry(params, data, spec, plan, max_iter, lambda p, g, v: _solvers.lbfgs_init(g, v.dtype))
 
 
 @partial(jax.jit, static_argnames=("spec", "plan"))
 def _lbfgs_segment(carry, limit, tol, data, *, spec, plan):
     """Lean L-BFGS iterations until ``it == limit``, max|grad| <= tol, or no step is found."""
     value_and_grad = jax.value_and_grad(_objective(data, spec, plan))
-
-    def cond(carry):
-        it, _, state, _, grad, _ = carry
-        return (it < limit) & (_inf_norm(grad) > tol) & ~state.stalled
-
-    def body(carry):
-        it, params, state, value, grad, losses = carry
-        params, state, value, grad = _solvers.lbfgs_step(value_and_grad, params, state, value, grad)
-        return it + 1, params, state, value, grad, losses.at[it + 1].set(value)
-
-    return lax.while_loop(cond, body, carry)
+    return _iterate(carry, limit, tol, partial(_solvers.lbfgs_step, value_and_grad))
 
 
 # --- Minibatch ----------------------------------------------------------------------------

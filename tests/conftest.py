@@ -4,9 +4,22 @@ import os
 # switches on at import) out of it; tests/test_cache.py checks the cache in subprocesses.
 os.environ.setdefault("JSOFTMAX_CACHE_DIR", "off")
 
+import gc  # noqa: E402
+
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from jsoftmax._compat import enable_x64  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop the module's compiled programs afterwards. Every XLA executable on the CPU holds
+    memory mappings; the whole suite compiles enough of them to pass the kernel's per-process
+    limit (vm.max_map_count, 65530), where the next compilation segfaults."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
