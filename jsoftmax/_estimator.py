@@ -92,7 +92,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
       tol: stop when the largest gradient entry of the scaled objective is ≤ tol.
       warm_start: start from the previous fit's coefficients when shapes allow.
       solver: "auto" (see :func:`choose_solver`), "newton-cg" (trust-region Newton-CG on the
-        analytic Hessian-vector product), "lbfgs" (optax's L-BFGS) — both full batch —,
+        analytic Hessian-vector product), "lbfgs" (jsoftmax's lean L-BFGS) — both full batch —,
         "adam", "sgd" (momentum 0.9) for minibatches, or any ``optax.GradientTransformation``.
       learning_rate: step size for "adam" and "sgd".
       batch_size: minibatch size (not with "lbfgs"); None for full batch.
