@@ -50,7 +50,6 @@ ANCHORS = {"tokamax XLA fwd+vjp (H100, 16384×4096×128256)": "104 ms, 5.4/12.0 
 
 def part_lmhead(quick: bool) -> dict:
     import jax
-    import jax.numpy as jnp
 
     import jsoftmax
 

@@ -204,7 +204,8 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     value_and_grad = jax.value_and_grad(_objective(data, spec, plan))
 
     # Keep the probabilities for the CG steps of an outer iteration when N×K fits the budget.
-    keep = X.shape[0] * _classes_of(carry) * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES
+    n_classes = carry[1].W.shape[1]
+    keep = X.shape[0] * n_classes * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES
 
     def make_hvp(params):
         params = _in_dtype(params, X.dtype)
@@ -500,11 +501,6 @@ class _Checkpoints(NamedTuple):
 CURVATURE_BYTES = 256 * 2**20  # keep N×K probabilities across CG steps up to this size
 
 
-def _classes_of(carry) -> int:
-    """K, the classes, from a full-batch carry's params."""
-    return carry[1].W.shape[1]
-
-
 def _max_cg(n_params: int) -> int:
     """CG iterations per Newton step: enough to converge on small problems, bounded on large."""
     return int(min(max(n_params, 10), 250))
@@ -620,13 +616,13 @@ class ManyResult:
     value: np.ndarray  # (M,) each model's risk (its own weights and l2)
 
 
-@partial(jax.jit, static_argnames=("optimizer", "spec", "plan", "max_iter", "max_cg"))
-def _fit_many_jit(params, X, labels, weights, l2s, smoothing, means, inv_scales, tol, *, optimizer,
+@partial(jax.jit, static_argnames=("solver", "spec", "plan", "max_iter", "max_cg"))
+def _fit_many_jit(params, X, labels, weights, l2s, smoothing, means, inv_scales, tol, *, solver,
                   spec, plan, max_iter, max_cg):
     def one(p, w, l2, mean, inv_scale):
         affine = None if mean is None else Affine(mean, inv_scale)
         data = (X, labels, w, l2, smoothing, affine)
-        if optimizer == "newton-cg":
+        if solver == "newton-cg":
             carry = _newton_start(p, data, spec=spec, plan=plan, max_iter=max_iter)
             carry = _newton_segment(carry, max_iter, tol, data, spec=spec, plan=plan, max_cg=max_cg)
         else:
@@ -721,7 +717,7 @@ def fit_many(
     weights = jnp.asarray(sample_weights, problem.X.dtype)
     fitted, n_iter, grad_norm, value = _fit_many_jit(
         start, problem.X, problem.labels, weights, jnp.asarray(l2, acc), label_smoothing, means, scales,
-        jnp.asarray(tol, acc), optimizer=solver, spec=spec, plan=plan, max_iter=max_iter,
+        jnp.asarray(tol, acc), solver=solver, spec=spec, plan=plan, max_iter=max_iter,
         max_cg=_max_cg(W.shape[1] * W.shape[2] + (0 if b is None else W.shape[2])))
     fitted = _in_dtype(fitted, W.dtype)
     grad_norm = np.asarray(grad_norm, np.float64)
