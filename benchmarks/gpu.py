@@ -15,6 +15,8 @@ there), each part in its own process with its own time limit, and writes under `
   inputs and gradients (``benchmarks/gpu_torch.py``).
 - ``fit``: the fit suite's problems, jsoftmax on the GPU in float32 and float64 against
   scikit-learn on the host's cores.
+- ``search``: a whole C × fold search (``SoftmaxRegressionCV``, one program) against
+  scikit-learn's ``LogisticRegressionCV`` (``benchmarks/suite_search.py``).
 - ``tests``: the test suite with ``JAX_PLATFORMS=cuda``.
 
 Everything lands in ``results.json`` and ``summary.md`` (plus ``run.log`` and ``tests.log``),
@@ -35,11 +37,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
-PARTS = ("lmhead", "torch", "fit", "tests")
+PARTS = ("lmhead", "torch", "fit", "search", "tests")
 SHAPES = [(16384, 4096, 128256), (8192, 2304, 256000)]
 QUICK_SHAPES = [(1024, 256, 4000), (512, 128, 8000)]
 CHUNK_SWEEP = (512, 1024, 2048, 4096)
 QUICK_CHUNK_SWEEP = (128, 256)
+# Memory vs N (compiled only, nothing allocated): the first shape's D and K at growing N.
+MEMORY_NS = (4096, 8192, 16384, 32768)
+QUICK_MEMORY_NS = (256, 512, 1024)
+SOFTCAP = 30.0  # Gemma 2's final-logit cap
+# Options of the op, each a variant timed beside the default (which is "auto" for both).
+OPTION_VARIANTS = {
+    "chunked_f32_dW": dict(weight_grad_accumulation="float32"),
+    "chunked_bf16_dW": dict(weight_grad_accumulation="input"),
+    "chunked_recompute": dict(backward="recompute"),
+    f"chunked_softcap{SOFTCAP:g}": dict(softcap=SOFTCAP),
+    "chunked_accuracy": dict(return_accuracy=True),
+}
 # Measured elsewhere, printed beside ours, never re-run (issue 12): tokamax on an H100 at the
 # first shape.
 ANCHORS = {"tokamax XLA fwd+vjp (H100, 16384×4096×128256)": "104 ms, 5.4/12.0 GB peak",
@@ -60,11 +74,19 @@ def part_lmhead(quick: bool) -> dict:
             return jsoftmax.linear_cross_entropy(x, w, y, chunk_size=rows, check_values=False)
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
+    def chunked_with(options):
+        def loss(x, w, y):
+            out = jsoftmax.linear_cross_entropy(x, w, y, check_values=False, **options)
+            return out if isinstance(out, jax.Array) else (out[0], out[1:])
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux="return_accuracy" in options))
+
     results = []
     for index, (n, d, k) in enumerate(QUICK_SHAPES if quick else SHAPES):
         x, w, y = variants.inputs(n, d, k, "bfloat16")
         builders = {name: (lambda v=name: variants.build(v, "forward_backward"))
                     for name in ("floor", "chunked", "naive_jax_grad", "optax_jax_grad")}
+        for name, options in OPTION_VARIANTS.items():
+            builders[name] = lambda o=options: chunked_with(o)
         for rows in QUICK_CHUNK_SWEEP if quick else CHUNK_SWEEP:  # the data behind the GPU chunk rule
             builders[f"chunked_rows{rows}"] = lambda r=rows: chunked_at(r)
         programs, rows_out = {}, {}
@@ -93,10 +115,16 @@ def part_lmhead(quick: bool) -> dict:
             median = statistics.median(values)
             rows_out[name].update(median_s=median, min_s=min(values), max_s=max(values),
                                   repeats=len(values), ratio_to_floor=median / floor if floor else None)
-        if "chunked" in outputs and "naive_jax_grad" in outputs:
-            rows_out["chunked"]["agreement_vs_naive"] = _agreement(outputs["chunked"], outputs["naive_jax_grad"])
+        if "naive_jax_grad" in outputs:
+            for name in ("chunked", "chunked_f32_dW", "chunked_bf16_dW", "chunked_recompute"):
+                if name in outputs:
+                    rows_out[name]["agreement_vs_naive"] = _agreement(outputs[name], outputs["naive_jax_grad"])
         if "chunked" in programs:
-            rows_out["chunked"]["gemms"] = _gemm_lines(programs["chunked"].as_text())
+            text = programs["chunked"].as_text()
+            rows_out["chunked"]["gemms"] = _gemm_lines(text)
+            rows_out["chunked"]["host_transfers_in_hlo"] = _host_lines(text)
+            rows_out["chunked"]["result_devices"] = sorted({d.platform for leaf in jax.tree.leaves(outputs["chunked"])
+                                                            for d in leaf.devices()})
         del programs, outputs
         inputs_bytes = sum(int(a.size) * a.dtype.itemsize for a in (x, w, y))
         for name in ("chunked",):
@@ -115,7 +143,78 @@ def part_lmhead(quick: bool) -> dict:
                       flush=True)
             else:
                 print(f"{(n, d, k)} {name}: {row['error']}", flush=True)
-    return {"results": results}
+    return {"results": results, "memory_vs_n": _memory_vs_n(quick), "check_values": _check_values_rate(quick)}
+
+
+def _memory_vs_n(quick: bool) -> list[dict]:
+    """XLA's temp bytes of each program at growing N (compiled from shapes; nothing allocated)."""
+    import jax
+    import jax.numpy as jnp
+
+    from . import variants
+
+    _, d, k = (QUICK_SHAPES if quick else SHAPES)[0]
+    rows = []
+    for n in QUICK_MEMORY_NS if quick else MEMORY_NS:
+        shapes = (jax.ShapeDtypeStruct((n, d), jnp.bfloat16), jax.ShapeDtypeStruct((d, k), jnp.bfloat16),
+                  jax.ShapeDtypeStruct((n,), jnp.int32))
+        for name in ("chunked", "optax_jax_grad", "floor"):
+            row = {"n": n, "d": d, "k": k, "variant": name}
+            try:
+                compiled = variants.build(name, "forward_backward").lower(*shapes).compile()
+                row["temp_bytes"] = int(compiled.memory_analysis().temp_size_in_bytes)
+            except Exception as err:  # noqa: BLE001 - e.g. too large for the device
+                row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            rows.append(row)
+            print(f"memory N={n} {name:15s} " + (f"{row['temp_bytes']/2**30:.2f} GiB" if "temp_bytes" in row
+                                                   else row["error"]), flush=True)
+    return rows
+
+
+def _check_values_rate(quick: bool) -> dict:
+    """Training steps per second of a jitted SGD step on the op with and without ``check_values``
+    (under jit the check is a ``jax.debug.callback``: does it stall the device each step?)."""
+    import jax
+
+    import jsoftmax
+
+    from . import variants
+
+    n, d, k = (512, 64, 1000) if quick else (8192, 2048, 32768)
+    steps = 5 if quick else 50
+    x, w, y = variants.inputs(n, d, k, "bfloat16")
+
+    def make(check):
+        def step(w, x, y):
+            g = jax.grad(lambda w: jsoftmax.linear_cross_entropy(x, w, y, check_values=check))(w)
+            return w - 1e-3 * g
+        return jax.jit(step)
+
+    programs = {check: make(check) for check in (False, True)}
+    hlo_callbacks = {str(check): _host_lines(programs[check].lower(w, x, y).compile().as_text())
+                     for check in programs}
+    rates = {str(check): [] for check in programs}
+    for check, fn in programs.items():  # warm-up (compile)
+        jax.block_until_ready(fn(w, x, y))
+    for _ in range(3):
+        for check, fn in programs.items():
+            current = w
+            start = time.perf_counter()
+            for _ in range(steps):
+                current = fn(current, x, y)
+            jax.block_until_ready(current)
+            rates[str(check)].append(steps / (time.perf_counter() - start))
+    out = {"shape": [n, d, k], "steps": steps, "steps_per_s": {c: statistics.median(v) for c, v in rates.items()},
+           "host_callbacks_in_hlo": hlo_callbacks}
+    print(f"check_values steps/s: {out['steps_per_s']}", flush=True)
+    return out
+
+
+def _host_lines(hlo: str, limit: int = 8) -> list[str]:
+    """Lines of a compiled program that move data to or call back into the host."""
+    keys = ("callback", "host", "send", "recv", "outfeed", "infeed")
+    return [line.strip()[:200] for line in hlo.splitlines()
+            if any(key in line.lower() for key in keys) and "=" in line][:limit]
 
 
 def _agreement(ours, theirs) -> dict:
@@ -152,10 +251,16 @@ def part_fit(quick: bool) -> dict:
     return suite_fit.run(quick=quick, dtypes=("float32", "float64"))
 
 
+def part_search(quick: bool) -> dict:
+    from . import suite_search
+
+    return suite_search.run(quick=quick)
+
+
 def part_torch(quick: bool) -> dict:
     from . import gpu_torch
 
-    return gpu_torch.run(QUICK_SHAPES if quick else SHAPES)
+    return gpu_torch.run(QUICK_SHAPES if quick else SHAPES, softcap=SOFTCAP)
 
 
 def part_tests(quick: bool, out: Path, limit_s: float) -> dict:
@@ -201,7 +306,8 @@ def child(part: str, quick: bool, out: Path, limit_s: float) -> None:
     if part == "tests":
         payload = part_tests(quick, out, limit_s)
     else:
-        payload = {"lmhead": part_lmhead, "fit": part_fit, "torch": part_torch}[part](quick)
+        payload = {"lmhead": part_lmhead, "fit": part_fit, "torch": part_torch,
+                   "search": part_search}[part](quick)
     (out / f"part-{part}.json").write_text(json.dumps(payload, indent=1, default=float))
 
 
@@ -236,7 +342,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run; CPU is fine)")
+    parser.add_argument("--quick", "--dry-run", dest="quick", action="store_true",
+                        help="the same code paths at tiny sizes (CPU is fine; parts that need CUDA, "
+                             "torch or the carried wheels say they were skipped)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--budget-s", type=float, default=540.0,
                         help="wall-clock budget for all parts; each part gets its share, the tests the rest")
@@ -251,7 +359,7 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"command": command.strip(), "machine": machine(), "quick": args.quick, "parts": {}}
     print(json.dumps(payload["machine"], indent=1), flush=True)
-    shares = {"lmhead": 0.30, "torch": 0.18, "fit": 0.22, "tests": 0.45}  # the last part gets what is left
+    shares = {"lmhead": 0.5, "torch": 0.2, "fit": 0.2, "search": 0.15, "tests": 0.45}  # the last part gets what is left
     deadline = time.monotonic() + args.budget_s
     log = open(args.out / "run.log", "a")
     for part in args.parts:
@@ -283,11 +391,135 @@ def main(argv=None) -> int:
         (args.out / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
         (args.out / "summary.md").write_text(summary_markdown(payload))
     log.close()
+    plotted = write_plot(payload, args.out / "lmhead.png")
+    print(f"plot: {plotted}" if plotted else "plot: skipped (matplotlib missing or no LM-head results)")
     print(summary_markdown(payload))
     return 0
 
 
 # ----------------------------------------------------------------------------- report
+
+# (ours, theirs) pairs compared in the side-by-side table: like for like.
+PAIRS = [("chunked", "liger_flce"), ("chunked", "cce"), ("chunked_recompute", "cce"),
+         (f"chunked_softcap{SOFTCAP:g}", f"liger_flce_softcap{SOFTCAP:g}"),
+         (f"chunked_softcap{SOFTCAP:g}", f"cce_softcap{SOFTCAP:g}"),
+         ("chunked_accuracy", "liger_flce_accuracy")]
+
+
+def side_by_side_markdown(jax_rows: list[dict], torch_rows: list[dict]) -> str:
+    """Ours against Liger and CCE, measured in the same run (each against its own floor too)."""
+    ours = {(tuple(r["shape"]), r["variant"]): r for r in jax_rows if "median_s" in r}
+    theirs = {(tuple(r["shape"]), r["variant"]): r for r in torch_rows if "median_ms" in r}
+    rows = []
+    for shape in sorted({key[0] for key in ours}, key=str):
+        for mine, other in PAIRS:
+            a, b = ours.get((shape, mine)), theirs.get((shape, other))
+            if not a or not b:
+                continue
+            floor_torch = theirs.get((shape, "torch_floor"))
+            rows.append([shape, mine, other, f"{a['median_s']*1e3:.2f} ms", f"{b['median_ms']:.2f} ms",
+                         f"**{a['median_s']*1e3/b['median_ms']:.2f}×**",
+                         f"{a['ratio_to_floor']:.2f}" if a.get("ratio_to_floor") else "",
+                         f"{b['median_ms']/floor_torch['median_ms']:.2f}" if floor_torch else "",
+                         f"{a['temp_bytes']/2**30:.2f} GiB", f"{b['peak_beyond_bytes']/2**30:.2f} GiB"])
+    if not rows:
+        return ""
+    return ("## Side by side, same run: jsoftmax (JAX/XLA) vs Liger-Kernel and CCE (torch + triton)\n\n"
+            "Times are medians (ours: wall clock around a blocked call; theirs: CUDA events). "
+            "× floor: each against the three matrix products in its own framework, same run. "
+            "Memory: ours is XLA's temp bytes, theirs max_memory_allocated beyond inputs and "
+            "gradients.\n\n"
+            + common_table(["shape", "jsoftmax", "vs", "jsoftmax", "theirs", "ours / theirs",
+                            "ours × floor", "theirs × floor", "ours temp", "their peak"], rows))
+
+
+def common_table(headers, rows):
+    from . import common
+
+    return common.table(headers, rows)
+
+
+def _memory_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    ns = sorted({r["n"] for r in rows})
+    names = [name for name in ("chunked", "optax_jax_grad", "floor") if any(r["variant"] == name for r in rows)]
+    table = []
+    for n in ns:
+        line = [n]
+        for name in names:
+            r = next((r for r in rows if r["n"] == n and r["variant"] == name), {})
+            line.append(f"{r['temp_bytes']/2**30:.2f} GiB" if "temp_bytes" in r else r.get("error", "")[:60])
+        table.append(line)
+    d, k = rows[0]["d"], rows[0]["k"]
+    return (f"### Memory vs N (D={d}, K={k}, bf16, forward + backward; XLA temp bytes of the compiled "
+            "program, nothing allocated)\n\n" + common_table(["N"] + names, table))
+
+
+def _check_values_markdown(entry: dict | None) -> str:
+    if not entry:
+        return ""
+    rates = entry["steps_per_s"]
+    callbacks = entry["host_callbacks_in_hlo"]
+    return (f"### check_values inside a jitted training step (shape {tuple(entry['shape'])}, bf16, "
+            f"{entry['steps']} SGD steps, median of 3)\n\n"
+            + common_table(["check_values", "steps/s", "host callbacks in the compiled step"],
+                           [["False", f"{rates['False']:.1f}", len(callbacks["False"])],
+                            ["True", f"{rates['True']:.1f}", len(callbacks["True"])]])
+            + f"\nRatio with / without: {rates['True'] / rates['False']:.2f}.\n")
+
+
+def write_plot(payload: dict, path: Path) -> str | None:
+    """PNG: time / floor per variant and shape (ours and theirs), and memory vs N."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    parts = payload["parts"]
+    jax_rows = [r for r in parts.get("lmhead", {}).get("results", []) if r.get("ratio_to_floor")]
+    if not jax_rows:
+        return None
+    torch_rows = [r for r in parts.get("torch", {}).get("results", []) if "median_ms" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    shapes = sorted({tuple(r["shape"]) for r in jax_rows}, key=str)
+    names = [v for v in ("chunked", "chunked_recompute", f"chunked_softcap{SOFTCAP:g}", "naive_jax_grad",
+                         "optax_jax_grad") if any(r["variant"] == v for r in jax_rows)]
+    torch_names = [v for v in ("liger_flce", "cce", "torch_naive") if any(r["variant"] == v for r in torch_rows)]
+    width = 0.8 / max(len(names) + len(torch_names), 1)
+    for i, name in enumerate(names + torch_names):
+        values = []
+        for shape in shapes:
+            if name in names:
+                r = next((r for r in jax_rows if tuple(r["shape"]) == shape and r["variant"] == name), None)
+                values.append(r["ratio_to_floor"] if r else 0)
+            else:
+                r = next((r for r in torch_rows if tuple(r["shape"]) == shape and r["variant"] == name), None)
+                f = next((r for r in torch_rows if tuple(r["shape"]) == shape and r["variant"] == "torch_floor"), None)
+                values.append(r["median_ms"] / f["median_ms"] if r and f else 0)
+        axes[0].bar([j + i * width for j in range(len(shapes))], values, width,
+                    label=name + (" (torch)" if name in torch_names else ""), hatch="//" if name in torch_names else None)
+    axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], [f"N={s[0]} D={s[1]}\nK={s[2]}" for s in shapes])
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].set_ylabel("time / own framework's matmul floor")
+    axes[0].set_title(f"bf16 fwd+bwd, {payload['machine'].get('nvidia_smi', payload['machine']['device'])[:40]}")
+    axes[0].legend(fontsize=7)
+    memory = parts.get("lmhead", {}).get("memory_vs_n", [])
+    for name in ("chunked", "optax_jax_grad", "floor"):
+        points = [(r["n"], r["temp_bytes"] / 2**30) for r in memory if r["variant"] == name and "temp_bytes" in r]
+        if points:
+            axes[1].plot(*zip(*points), marker="o", label=name)
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_xlabel("N (rows)")
+    axes[1].set_ylabel("XLA temp (GiB)")
+    axes[1].set_title("Memory beyond inputs and outputs vs N")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 def summary_markdown(payload: dict) -> str:
     from . import common
@@ -325,6 +557,8 @@ def summary_markdown(payload: dict) -> str:
                 out.append(f"- chunked at {tuple(r['shape'])}: " + "; ".join(extra) + "\n")
         out.append("Anchors measured elsewhere (not re-run): "
                    + "; ".join(f"{k}: {v}" for k, v in ANCHORS.items()) + ".\n")
+        out.append(_memory_markdown(parts["lmhead"].get("memory_vs_n", [])))
+        out.append(_check_values_markdown(parts["lmhead"].get("check_values")))
     if "torch" in parts:
         out.append("## Torch fused kernels at the same shapes (bf16, forward + backward w.r.t. x and W)\n")
         rows = []
@@ -338,10 +572,18 @@ def summary_markdown(payload: dict) -> str:
                                  "peak beyond inputs and grads"], rows))
         if "error_tail" in parts["torch"]:
             out.append("```\n" + parts["torch"]["error_tail"][-800:] + "\n```\n")
+        if parts["torch"].get("skipped"):
+            out.append(f"Skipped: {parts['torch']['skipped']}.\n")
+    if "lmhead" in parts and "torch" in parts:
+        out.append(side_by_side_markdown(parts["lmhead"].get("results", []), parts["torch"].get("results", [])))
     if "fit" in parts and "results" in parts["fit"]:
         from . import suite_fit
 
         out.append(suite_fit.markdown(parts["fit"]))
+    if "search" in parts and "results" in parts["search"]:
+        from . import suite_search
+
+        out.append(suite_search.markdown(parts["search"]))
     if "tests" in parts:
         t = parts["tests"]
         out.append(f"## Test suite on the device\n\n`{t.get('command', '')}` with JAX_PLATFORMS="

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 
 
-def _variants():
+def _variants(softcap: float):
     import torch
 
     out = {}
@@ -26,20 +26,25 @@ def _variants():
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
         liger = LigerFusedLinearCrossEntropyLoss()
+        liger_cap = LigerFusedLinearCrossEntropyLoss(softcap=softcap)
+        liger_accuracy = LigerFusedLinearCrossEntropyLoss(return_token_accuracy=True)
         out["liger_flce"] = ("grad", lambda x, head, y: liger(head, x, y))
+        out[f"liger_flce_softcap{softcap:g}"] = ("grad", lambda x, head, y: liger_cap(head, x, y))
+        out["liger_flce_accuracy"] = ("grad", lambda x, head, y: liger_accuracy(head, x, y).loss)
     except Exception as err:  # noqa: BLE001 - recorded, the other variants still run
         out["liger_flce"] = ("error", f"{type(err).__name__}: {err}")
     try:
         from cut_cross_entropy import linear_cross_entropy
 
         out["cce"] = ("grad", lambda x, head, y: linear_cross_entropy(x, head, y))
+        out[f"cce_softcap{softcap:g}"] = ("grad", lambda x, head, y: linear_cross_entropy(x, head, y, softcap=softcap))
     except Exception as err:  # noqa: BLE001
         out["cce"] = ("error", f"{type(err).__name__}: {err}")
     out["torch_naive"] = ("grad", lambda x, head, y: torch.nn.functional.cross_entropy((x @ head.T).float(), y))
     return out
 
 
-def run(shapes) -> dict:
+def run(shapes, softcap: float = 30.0) -> dict:
     try:
         import torch
     except ImportError:
@@ -53,7 +58,7 @@ def run(shapes) -> dict:
         x0 = torch.randn(n, d, device=device, dtype=torch.bfloat16, generator=generator)
         head0 = (torch.randn(k, d, device=device, generator=generator) / d**0.5).to(torch.bfloat16)
         y = torch.randint(0, k, (n,), device=device, generator=generator)
-        for name, (kind, fn) in _variants().items():
+        for name, (kind, fn) in _variants(softcap).items():
             row = {"shape": [n, d, k], "variant": name}
             if kind == "error":
                 row["error"] = fn[:300]

@@ -47,6 +47,9 @@ from ._types import (
 )
 
 IMPLEMENTATIONS = ("auto", "chunked", "reference")
+# "auto" is the one-pass form: on an H200 it ran the LM head at 1.16x the three-matmul floor;
+# the recompute form does a fourth product (benchmarks/results/gpu/).
+BACKWARDS = ("auto", "fused", "recompute")
 
 
 # --- the preamble ------------------------------------------------------------------------
@@ -54,13 +57,18 @@ IMPLEMENTATIONS = ("auto", "chunked", "reference")
 
 def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.0, z_loss=0.0,
             ignore_index=-100, reduction="mean", check_values=True, chunk_rows=None,
-            class_chunk=None, mesh=None, data_axis=None, class_axis=None
+            class_chunk=None, mesh=None, data_axis=None, class_axis=None, softcap=None,
+            backward="auto", weight_grad_accumulation="auto"
             ) -> tuple[_validate.Problem, LossSpec, Plan]:
     """Validate and place the inputs of any loss; return them with what the loss is and how it
     runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``)."""
     problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing,
                                         ignore_index)
     _validate.check_scalar(z_loss, "z_loss", low=0.0, high=None)
+    softcap = _validate.check_softcap(softcap)
+    backward = _validate.check_choice(backward, "backward", BACKWARDS)
+    grad_dtype = _engine.weight_grad_dtype(problem.X.dtype, problem.X.shape[1], problem.W.shape[1],
+                                           weight_grad_accumulation)
     chunk_rows = _validate.check_chunk(chunk_rows, "chunk_rows")
     class_chunk = _validate.check_chunk(class_chunk, "class_chunk_size")
     n, k = problem.X.shape[0], problem.W.shape[1]
@@ -79,31 +87,36 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                                z_loss=(z_loss, 0.0, np.inf))
     spec = LossSpec(soft=problem.soft, ignore_index=int(ignore_index),
                     smoothing=_validate.is_active(label_smoothing),
-                    z_loss=_validate.is_active(z_loss), reduction=reduction)
+                    z_loss=_validate.is_active(z_loss), reduction=reduction, softcap=softcap)
     plan = _engine.make_plan(n, problem.X.shape[1], k, chunk_rows=chunk_rows, class_chunk=class_chunk,
-                             mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis)
+                             mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis,
+                             grad_dtype=grad_dtype, recompute=backward == "recompute")
     return problem, spec, plan
 
 
 # --- the one operation and its custom VJP ---------------------------------------------------
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+@partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
 def loss(W: Weights, b: Bias | None, X: Features, labels: Labels, sample_weight: RowValues | None,
-         eps, zeta, spec: LossSpec, plan: Plan, return_lse: bool = False):
+         eps, zeta, spec: LossSpec, plan: Plan, return_lse: bool = False,
+         return_predictions: bool = False):
     """Σₙ cₙℓₙ (or cₙℓₙ per row for ``spec.reduction == "none"``) of validated inputs.
 
-    Returns the loss in the accumulation dtype, and the (N,) log-sum-exp with ``return_lse``.
+    Returns the loss in the accumulation dtype; with ``return_lse`` and/or
+    ``return_predictions`` a tuple that adds the (N,) log-sum-exp and the (N,) int32 arg-max
+    class of each row, in that order (auxiliary outputs of the same pass, not differentiated).
     """
     coef = _rows.row_coefficients(labels, sample_weight, spec, accumulation_dtype(X.dtype))
-    want = Want(rows=spec.reduction == "none" or return_lse)
+    want = Want(rows=spec.reduction == "none" or return_lse, predictions=return_predictions)
     ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan, want)
-    return _package(ev, coef, spec, return_lse)
+    return _package(ev, coef, spec, return_lse, return_predictions)
 
 
-def _package(ev, coef, spec: LossSpec, return_lse: bool):
+def _package(ev, coef, spec: LossSpec, return_lse: bool, return_predictions: bool):
     out = jnp.where(coef != 0, coef * ev.loss, 0) if spec.reduction == "none" else ev.value
-    return (out, ev.lse) if return_lse else out
+    extras = (ev.lse,) * return_lse + (ev.predicted,) * return_predictions
+    return (out, *extras) if extras else out
 
 
 def _primal(arg):
@@ -111,7 +124,7 @@ def _primal(arg):
     return (None, False) if arg is None else (arg.value, arg.perturbed)
 
 
-def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse):
+def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse, return_predictions):
     (W, W_p), (b, b_p), (X, X_p), (labels, y_p), (sw, sw_p), (eps, eps_p), (zeta, zeta_p) = map(
         _primal, (W, b, X, labels, sample_weight, eps, zeta))
     if eps_p or zeta_p:
@@ -120,42 +133,49 @@ def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse)
     acc = accumulation_dtype(X.dtype)
     coef = _rows.row_coefficients(labels, sw, spec, acc)
     grads = Want(grad_W=W_p or b_p, grad_X=X_p, grad_labels=y_p and spec.soft)
-    if spec.reduction == "none":
-        # Recompute form: keep the per-row log-sum-exp (and losses, for the weights' gradient).
-        ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan, Want(rows=True))
+    if spec.reduction == "none" or plan.recompute:
+        # Recompute form: keep the per-row log-sum-exp (and what the weights' gradient needs).
+        ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan,
+                              Want(rows=True, predictions=return_predictions))
         # Residuals must be JAX values: "which gradients" travels as None / an empty array.
-        flags = tuple(jnp.zeros((0,)) if flag else None for flag in grads)
-        residuals = (W, b, X, labels, sw, eps, zeta, ev.lse, ev.loss if sw_p else None, flags)
-        return _package(ev, coef, spec, return_lse), residuals
+        flags = tuple(jnp.zeros((0,)) if flag else None for flag in grads[:3])
+        weight_part = None
+        if sw_p:  # per row: ℓₙ (times the row cotangent later); scalar: the full ∂/∂w now
+            weight_part = ev.loss if spec.reduction == "none" else _weight_gradient(ev, labels, sw, spec, acc)
+        residuals = (W, b, X, labels, sw, eps, zeta, ev.lse, weight_part, flags)
+        return _package(ev, coef, spec, return_lse, return_predictions), residuals
     # One-pass form: every gradient now, scaled by the scalar cotangent in the backward.
     ev = _engine.evaluate(W, b, X, labels, coef, eps, zeta, spec, plan,
-                          grads._replace(rows=sw_p or return_lse))
-    g_sw = None
-    if sw_p:
-        mask = _rows.counted_rows(labels, spec, acc)
-        if spec.reduction == "mean":
-            # R = Σ m w ℓ / Σ m w  ⇒  ∂R/∂wₙ = mₙ (ℓₙ − R) / Σ m w
-            peak, inverse = _rows.weight_scale(mask * sw.astype(acc))
-            g_sw = (mask * jnp.where(mask != 0, ev.loss - ev.value, 0) / peak) * inverse
-        else:
-            g_sw = jnp.where(mask != 0, mask * ev.loss, 0)
+                          grads._replace(rows=sw_p or return_lse, predictions=return_predictions))
+    g_sw = _weight_gradient(ev, labels, sw, spec, acc) if sw_p else None
     residuals = tuple(None if g is None else g.astype(like.dtype) for g, like in
                       ((ev.gW, W), (ev.gb, b), (ev.gX, X), (ev.g_labels, labels), (g_sw, sw)))
-    return _package(ev, coef, spec, return_lse), residuals
+    return _package(ev, coef, spec, return_lse, return_predictions), residuals
 
 
-def _loss_bwd(spec, plan, return_lse, residuals, cotangent):
-    if return_lse:
-        cotangent, lse_cotangent = cotangent
-        if not isinstance(lse_cotangent, SymbolicZero):
+def _weight_gradient(ev, labels, sw, spec: LossSpec, acc):
+    """∂(scalar loss)/∂wₙ from the per-row losses and the value."""
+    mask = _rows.counted_rows(labels, spec, acc)
+    if spec.reduction == "mean":
+        # R = Σ m w ℓ / Σ m w  ⇒  ∂R/∂wₙ = mₙ (ℓₙ − R) / Σ m w
+        peak, inverse = _rows.weight_scale(mask * sw.astype(acc))
+        return (mask * jnp.where(mask != 0, ev.loss - ev.value, 0) / peak) * inverse
+    return jnp.where(mask != 0, mask * ev.loss, 0)
+
+
+def _loss_bwd(spec, plan, return_lse, return_predictions, residuals, cotangent):
+    if return_lse or return_predictions:
+        cotangent, *extra = cotangent
+        if return_lse and not isinstance(extra[0], SymbolicZero):
             raise TypeError("the returned log-sum-exp is an auxiliary output and is not "
                             "differentiated; use `z_loss` to penalise it.")
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros(cotangent.shape, cotangent.dtype)
-    if spec.reduction != "none":
+    if spec.reduction != "none" and not plan.recompute:
         return tuple(None if r is None else (cotangent * r).astype(r.dtype) for r in residuals) + (None, None)
-    W, b, X, labels, sw, eps, zeta, lse, row_loss, flags = residuals
-    grads = Want(*(flag is not None for flag in flags))
+    W, b, X, labels, sw, eps, zeta, lse, weight_part, flags = residuals
+    grads = Want(grad_W=flags[0] is not None, grad_X=flags[1] is not None,
+                 grad_labels=flags[2] is not None)
     coef = _rows.row_coefficients(labels, sw, spec, lse.dtype)
     ev = _engine.evaluate(W, b, X, labels, coef * cotangent.astype(lse.dtype), eps, zeta, spec,
                           plan, grads, lse=lse)
@@ -164,15 +184,17 @@ def _loss_bwd(spec, plan, return_lse, residuals, cotangent):
         return None if g is None else g.astype(like.dtype)
 
     g_sw = None
-    if row_loss is not None:  # ∂(wₙmₙℓₙ)/∂wₙ = mₙℓₙ, times the row's cotangent
-        mask = _rows.counted_rows(labels, spec, lse.dtype)
-        g_sw = cast(jnp.where(mask != 0, mask * row_loss * cotangent, 0), sw)
+    if weight_part is not None:
+        if spec.reduction == "none":  # ∂(wₙmₙℓₙ)/∂wₙ = mₙℓₙ, times the row's cotangent
+            mask = _rows.counted_rows(labels, spec, lse.dtype)
+            g_sw = cast(jnp.where(mask != 0, mask * weight_part * cotangent, 0), sw)
+        else:
+            g_sw = cast(cotangent * weight_part, sw)
     return (cast(ev.gW, W), cast(ev.gb, b), cast(ev.gX, X), cast(ev.g_labels, labels), g_sw,
             None, None)
 
 
 loss.defvjp(_loss_fwd, _loss_bwd, symbolic_zeros=True)
-_loss_jit = jax.jit(loss, static_argnums=(7, 8, 9))
 
 
 def objective(params: Params, X: Features, labels: Labels, sample_weight: RowValues | None, l2,
@@ -420,17 +442,22 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     class_chunk_size: int | None = None,
     return_lse: bool = False,
+    return_predictions: bool = False,
+    return_accuracy: bool = False,
+    softcap: float | None = None,
+    backward: str = "auto",
+    weight_grad_accumulation: str = "auto",
     check_values: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     data_axis: str | None = None,
     class_axis: str | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> jax.Array | tuple[jax.Array, ...]:
     r"""Cross-entropy of the linear head ``x @ w + bias`` without materialising the logits.
 
     .. math::
 
         \ell_n = \mathrm{lse}(z_n) \textstyle\sum_k t_{nk} - t_n^\top z_n + \zeta\, \mathrm{lse}(z_n)^2,
-        \qquad z_n = x_n W + b,\; t_n = (1-\varepsilon) y_n + \varepsilon / K
+        \qquad z_n = x_n W + b \;\; (\text{or } c\tanh((x_n W + b)/c)),\; t_n = (1-\varepsilon) y_n + \varepsilon / K
 
     Args:
       x: (N, D) inputs (e.g. a language model's final hidden states), f32/f64/bf16.
@@ -444,13 +471,29 @@ def linear_cross_entropy(
       chunk_size: rows per chunk; class_chunk_size: classes per block (online log-sum-exp).
         Default: a rule from measured block sizes (CPU: 128 MiB budget; GPU: 1024 rows, 1 GiB).
       return_lse: also return the (N,) log-sum-exp (auxiliary; not differentiated).
+      return_predictions: also return each row's predicted class, the arg-max of its scores,
+        (N,) int32, from the same pass over the logits (first index on ties).
+      return_accuracy: also return the accuracy of those predictions against the labels (the
+        arg-max of a probability row) over counted rows: the fraction for "mean", the number
+        of correct rows for "sum", 1/0 per row (0 on ignored rows) for "none".
+      softcap: c > 0 caps the logits at c·tanh(z/c) before the softmax (Gemma 2's soft-cap;
+        ``docs/derivation.md`` §10); None (default) leaves them.
+      backward: "auto" or "fused" computes every gradient in the forward pass over each chunk
+        (Liger's form: three matrix products); "recompute" saves the (N,) log-sum-exp and
+        recomputes the scores in the backward (cut-cross-entropy's form: four products, and no
+        gradient held between the passes). "none" reductions always recompute.
+      weight_grad_accumulation: for 16-bit inputs, the dtype dW accumulates in over row chunks:
+        "float32", "input" (the inputs' dtype, as Liger does; half the memory, one rounding per
+        chunk), or "auto": float32 while D×K×4 bytes fit the measured budget of
+        ``jsoftmax/_rules.json`` (1 GiB), the inputs' dtype beyond.
       check_values: label-range and finiteness checks (see :func:`jsoftmax.risk`).
       mesh, data_axis, class_axis: shard rows over ``data_axis`` and W's columns over
         ``class_axis`` of a ``jax.sharding.Mesh`` (chunked implementation only).
 
     Returns:
-      The loss (a scalar, or (N,) with ``reduction="none"``), float32 for 16-bit inputs;
-      ``(loss, lse)`` with ``return_lse``. Gradients with respect to x, w and bias come back in
+      The loss (a scalar, or (N,) with ``reduction="none"``), float32 for 16-bit inputs. With
+      any ``return_*`` flag, a tuple ``(loss, lse, predictions, accuracy)`` holding only the
+      outputs asked for, in that order. Gradients with respect to x, w and bias come back in
       their own dtypes.
 
     Example:
@@ -460,6 +503,9 @@ def linear_cross_entropy(
       1.60944
       >>> jax.grad(jsoftmax.linear_cross_entropy, argnums=1)(x, w, y).shape
       (3, 5)
+      >>> loss, accuracy = jsoftmax.linear_cross_entropy(x, w, y, return_accuracy=True)
+      >>> float(accuracy)  # all scores tie: every row predicts class 0; one counted row has it
+      0.3333...
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"`implementation` must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
@@ -467,27 +513,64 @@ def linear_cross_entropy(
     if mesh is not None and implementation == "reference":
         raise ValueError("`mesh` needs implementation='chunked' or 'auto'.")
     chunk_size = _validate.check_chunk(chunk_size, "chunk_size")
+    flags = tuple(_validate.check_flag(value, name) for value, name in (
+        (return_lse, "return_lse"), (return_predictions, "return_predictions"),
+        (return_accuracy, "return_accuracy")))
     problem, spec, plan = prepare(
         Params(w, bias), x, labels, label_smoothing=label_smoothing, z_loss=z_loss,
         ignore_index=ignore_index, reduction=reduction, check_values=check_values,
         chunk_rows=chunk_size, class_chunk=class_chunk_size, mesh=mesh, data_axis=data_axis,
-        class_axis=class_axis)
-    args = (problem.W, problem.b, problem.X, problem.labels, None, label_smoothing, z_loss)
-    if implementation == "reference":
-        return _reference_jit(*args, spec, bool(return_lse))
-    return _loss_jit(*args, spec, plan, bool(return_lse))
+        class_axis=class_axis, softcap=softcap, backward=backward,
+        weight_grad_accumulation=weight_grad_accumulation)
+    args = (problem.W, problem.b, problem.X, problem.labels, label_smoothing, z_loss)
+    return _head_jit(*args, spec, None if implementation == "reference" else plan, flags)
 
 
-@partial(jax.jit, static_argnums=(7, 8))
-def _reference_jit(W, b, X, labels, sample_weight, eps, zeta, spec: LossSpec, return_lse: bool):
+@partial(jax.jit, static_argnums=(6, 7, 8))
+def _head_jit(W, b, X, labels, eps, zeta, spec: LossSpec, plan: Plan | None,
+              flags: tuple[bool, bool, bool]):
+    """The LM-head loss and the auxiliary outputs ``flags`` asks for (lse, predictions,
+    accuracy); ``plan=None`` runs the reference (materialised logits, JAX's autodiff)."""
+    return_lse, return_predictions, return_accuracy = flags
+    need_predictions = return_predictions or return_accuracy
+    if plan is None:
+        out = _reference_outputs(W, b, X, labels, eps, zeta, spec, return_lse, need_predictions)
+    else:
+        out = loss(W, b, X, labels, None, eps, zeta, spec, plan, return_lse, need_predictions)
+    if not (return_lse or need_predictions):
+        return out
+    value, *extras = out
+    if return_accuracy:
+        extras.append(_accuracy(extras[-1], labels, spec))
+        if not return_predictions:
+            del extras[-2]
+    return (value, *extras)
+
+
+def _accuracy(predicted, labels, spec: LossSpec):
+    """Correct predictions over counted rows, reduced like the loss."""
+    target = jnp.argmax(labels, axis=-1) if spec.soft else labels
+    counted = _rows.counted_rows(labels, spec, jnp.float32)
+    hit = (predicted == target).astype(jnp.float32) * counted
+    if spec.reduction == "none":
+        return hit
+    total = jnp.sum(hit)
+    return total / jnp.maximum(jnp.sum(counted), 1) if spec.reduction == "mean" else total
+
+
+def _reference_outputs(W, b, X, labels, eps, zeta, spec: LossSpec, return_lse: bool,
+                       return_predictions: bool):
     """The plain definition with materialised logits, differentiated by JAX's own autodiff."""
     acc = accumulation_dtype(X.dtype)
-    out = reference_loss(X, W, b, labels, sample_weight=sample_weight, label_smoothing=eps,
-                         z_loss=zeta, ignore_index=spec.ignore_index, reduction=spec.reduction,
-                         accumulate=acc)
-    if not return_lse:
+    out = reference_loss(X, W, b, labels, label_smoothing=eps, z_loss=zeta,
+                         ignore_index=spec.ignore_index, reduction=spec.reduction,
+                         accumulate=acc, softcap=spec.softcap)
+    if not (return_lse or return_predictions):
         return out
-    return out, jax.lax.stop_gradient(jax.nn.logsumexp(_engine.scores(W, b, X), axis=-1))
+    z = jax.lax.stop_gradient(_rows.soft_cap(_engine.scores(W, b, X), spec.softcap))
+    extras = (jax.nn.logsumexp(z, axis=-1),) * return_lse
+    extras += (jnp.argmax(z, axis=-1).astype(jnp.int32),) * return_predictions
+    return (out, *extras)
 
 
 @jax.jit

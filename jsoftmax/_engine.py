@@ -22,7 +22,9 @@ value, dW and db are summed. The chunk-size rule comes from measurements recorde
 
 from __future__ import annotations
 
+import json
 import math
+from importlib import resources
 from typing import NamedTuple
 
 import jax
@@ -45,11 +47,16 @@ from ._types import (
     accumulation_dtype,
 )
 
-# Block-size rule (see choose_chunks); the measurements behind it are in benchmarks/results/.
-DEFAULT_CHUNK_BYTES = 128 * 2**20  # memory budget for one f32 block of scores (CPU)
-GPU_CHUNK_BYTES = 2**30  # the same on an accelerator, where a GEMM needs ~1024 rows to be efficient
-CACHE_BLOCK_BYTES = 4 * 2**20
-MIN_EFFICIENT_ROWS = 1024
+# Block-size and accumulation rules (see choose_chunks, weight_grad_dtype), read from data:
+# ``_rules.json`` names the measurements (benchmarks/results/) behind each number.
+RULES = json.loads(resources.files(__package__).joinpath("_rules.json").read_text())
+DEFAULT_CHUNK_BYTES = RULES["cpu"]["chunk_bytes"]  # memory budget for one f32 block of scores
+CACHE_BLOCK_BYTES = RULES["cpu"]["cache_block_bytes"]
+MIN_EFFICIENT_ROWS = RULES["cpu"]["min_efficient_rows"]
+GPU_CHUNK_BYTES = RULES["gpu"]["chunk_bytes"]  # on an accelerator a GEMM needs ~1024 rows
+GPU_ROWS = RULES["gpu"]["rows"]
+FLOAT32_WEIGHT_GRAD_BYTES = RULES["gpu"]["float32_weight_grad_bytes"]
+WEIGHT_GRAD_ACCUMULATIONS = ("auto", "float32", "input")
 
 
 def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
@@ -71,7 +78,7 @@ def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
         target_rows = max(cache_rows, MIN_EFFICIENT_ROWS)
     else:
         budget = GPU_CHUNK_BYTES if budget_bytes is None else budget_bytes
-        target_rows = MIN_EFFICIENT_ROWS
+        target_rows = GPU_ROWS
     budget_rows = _pow2_floor(budget // (4 * k))
     rows = min(n, max(64, min(target_rows, budget_rows)))
     if 64 * k * 4 <= budget:
@@ -98,12 +105,32 @@ def feature_blocks(d: int, rows: int, platform: str) -> int:
     return max(1, min(d, -(-2 * d // max(rows, 1))))
 
 
+def weight_grad_dtype(dtype, d: int, k: int, accumulation: str = "auto") -> str | None:
+    """The dtype dW accumulates in over row chunks (None: the accumulation dtype).
+
+    Only 16-bit inputs have a choice. "float32" always; "input" accumulates in the inputs'
+    dtype (as Liger-Kernel does); "auto" keeps float32 while the (D, K) accumulator fits
+    ``FLOAT32_WEIGHT_GRAD_BYTES`` (``_rules.json``) and otherwise halves it: at an LM head's
+    (4096, 128256) the float32 accumulator alone is 2 GiB, most of the op's scratch.
+    """
+    if accumulation not in WEIGHT_GRAD_ACCUMULATIONS:
+        raise ValueError("`weight_grad_accumulation` must be one of "
+                         f"{', '.join(map(repr, WEIGHT_GRAD_ACCUMULATIONS))}; got {accumulation!r}.")
+    dtype = jnp.dtype(dtype)
+    if accumulation_dtype(dtype) == dtype or accumulation == "float32":
+        return None
+    if accumulation == "input" or 4 * d * k > FLOAT32_WEIGHT_GRAD_BYTES:
+        return dtype.name
+    return None
+
+
 def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
               class_chunk: int | None = None, mesh=None, data_axis: str | None = None,
-              class_axis: str | None = None) -> Plan:
+              class_axis: str | None = None, grad_dtype: str | None = None,
+              recompute: bool = False) -> Plan:
     """The :class:`Plan` for N rows, D features and K classes: explicit sizes win, else
     :func:`choose_chunks` on the block one device holds; no class blocks along a class-sharded
-    mesh axis."""
+    mesh axis. ``grad_dtype``, ``recompute``: see :class:`Plan`."""
     if mesh is not None:
         n //= mesh.shape[data_axis] if data_axis else 1
         k //= mesh.shape[class_axis] if class_axis else 1
@@ -115,17 +142,19 @@ def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
         classes = class_chunk
     if class_axis is not None or (classes is not None and classes >= k):
         classes = None
-    return Plan(rows, classes, feature_blocks(d, rows, platform), mesh, data_axis, class_axis)
+    return Plan(rows, classes, feature_blocks(d, rows, platform), mesh, data_axis, class_axis,
+                grad_dtype, recompute)
 
 
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+def matmul(a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
     """``a @ b``: 16-bit inputs accumulate in float32 (the tensor-core convention); float32 and
     float64 inputs multiply at full precision. (XLA on a GPU otherwise rounds float32 operands
     to TF32, a ~1e-3 relative error in the gradient: float32 fits on an H200 then never reached
-    a tolerance of 1e-6.)"""
+    a tolerance of 1e-6.) ``out_dtype``: a 16-bit result (the GEMM still accumulates in f32
+    inside and rounds once when it writes)."""
     accumulate = accumulation_dtype(a.dtype)
     precision = lax.Precision.HIGHEST if accumulate == a.dtype else lax.Precision.DEFAULT
-    return jnp.matmul(a, b, preferred_element_type=accumulate, precision=precision)
+    return jnp.matmul(a, b, preferred_element_type=out_dtype or accumulate, precision=precision)
 
 
 def scores(W: Weights, b: Bias | None, X: Features) -> Scores:
@@ -158,6 +187,7 @@ class _RowOut(NamedTuple):
     g_labels: jax.Array | None
     loss: jax.Array | None
     lse: jax.Array | None
+    predicted: jax.Array | None
 
 
 class _Static(NamedTuple):
@@ -181,8 +211,13 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
     """One chunk of rows with all the device's classes at once."""
     spec, want = st.spec, st.want
     need_dz = want.grad_W or want.grad_X
-    z = scores(head.W, head.b, x)
-    loss = None
+    z = _rows.soft_cap(scores(head.W, head.b, x), spec.softcap)
+    loss = predicted = None
+    if want.predictions:
+        top, predicted = _rows.block_argmax(z, st.class_start)
+        if st.class_axis:  # the first device holding the row's maximum names the class
+            best = lax.pmax(top, st.class_axis)
+            predicted = lax.pmin(jnp.where(top == best, predicted, st.n_classes), st.class_axis)
     if lse_in is None:
         m = None
         if st.class_axis:
@@ -202,7 +237,7 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
     if need_dz:
         scale = _rows.probability_scale(lse, t_sum, spec, head.zeta)
         t = _rows.targets(y, spec, head.eps, st.n_classes, st.class_start, z.shape[1], z.dtype)
-        dz = _rows.score_gradient(p, t, coef, scale)
+        dz = _rows.uncap_gradient(_rows.score_gradient(p, t, coef, scale), z, spec.softcap)
         dz_in = dz.astype(x.dtype)  # 16-bit inputs: the products still accumulate in f32
         if want.grad_W:
             sums = sums._replace(gW=_add_weight_gradient(sums.gW, x, dz_in, st.feature_blocks))
@@ -212,23 +247,26 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
             gX = matmul(dz_in, head.W.T)
     if want.grad_labels:
         g_labels = _rows.label_gradient(z, lse, coef, spec, head.eps)
-    rows = _RowOut(gX, g_labels, loss if want.rows else None, lse if want.rows else None)
+    rows = _RowOut(gX, g_labels, loss if want.rows else None, lse if want.rows else None, predicted)
     return sums, rows
 
 
 def _add_weight_gradient(gW, x, dz, blocks: int):
     """gW + xᵀ·dz, formed in ``blocks`` blocks of rows of gW (features), each added in place.
 
-    A loop, not unrolled blocks: it orders the products, so only one is alive at a time.
+    A loop, not unrolled blocks: it orders the products, so only one is alive at a time. A
+    16-bit ``gW`` (``Plan.weight_grad_dtype``) gets a 16-bit product, so that the addition folds
+    into the GEMM (β = 1) instead of a float32 (D, K) temporary.
     """
+    out = None if gW.dtype == accumulation_dtype(x.dtype) else gW.dtype
     if blocks == 1:
-        return gW + matmul(x.T, dz)
+        return gW + matmul(x.T, dz, out)
     d = x.shape[1]
     size = -(-d // blocks)
 
     def add_block(start, width, gW):
         x_block = lax.dynamic_slice_in_dim(x, start, width, axis=1)
-        part = lax.dynamic_slice_in_dim(gW, start, width, axis=0) + matmul(x_block.T, dz)
+        part = lax.dynamic_slice_in_dim(gW, start, width, axis=0) + matmul(x_block.T, dz, out)
         return lax.dynamic_update_slice_in_dim(gW, part, start, axis=0)
 
     n_full, rem = divmod(d, size)
@@ -250,6 +288,7 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
         z = matmul(x, w)
         if head.b is not None:
             z = z + lax.dynamic_slice_in_dim(head.b, start, size).astype(z.dtype)
+        z = _rows.soft_cap(z, spec.softcap)
         yb = lax.dynamic_slice_in_dim(y, start, size, axis=1) if spec.soft else y
         return z, w, yb
 
@@ -257,14 +296,20 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
         carry = lax.fori_loop(first, n_full, lambda j, c: body(j * width, width, c), init)
         return body(n_full * width, rem, carry) if rem else carry
 
-    loss = None
+    loss = predicted = None
     if lse_in is None:
-        def merge_block(start, size, stats):
+        def merge_block(start, size, carry):
+            stats, arg = carry
             z, _, yb = block(start, size)
-            return _rows.merge(stats, _rows.block_stats(z, yb, start, spec))
+            if arg is not None:
+                arg = _rows.merge_argmax(arg, _rows.block_argmax(z, start))
+            return _rows.merge(stats, _rows.block_stats(z, yb, start, spec)), arg
 
         z0, _, y0 = block(0, width)
-        stats = over_classes(merge_block, _rows.block_stats(z0, y0, 0, spec), first=1)
+        first = (_rows.block_stats(z0, y0, 0, spec),
+                 _rows.block_argmax(z0, 0) if want.predictions else None)
+        stats, arg = over_classes(merge_block, first, first=1)
+        predicted = None if arg is None else arg[1]
         loss, lse = _rows.finish(stats, spec, head.eps, head.zeta, k)
         sums = _add_value(sums, coef, loss)
     else:
@@ -280,9 +325,11 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
             if need_dz:
                 t = _rows.targets(yb, spec, head.eps, k, start, size, acc)
                 dz = _rows.score_gradient(jnp.exp(z - lse[:, None]), t, coef, scale)
+                dz = _rows.uncap_gradient(dz, z, spec.softcap)
                 dz_in = dz.astype(x.dtype)
                 if want.grad_W:
-                    part = lax.dynamic_slice_in_dim(s.gW, start, size, axis=1) + matmul(x.T, dz_in)
+                    out = None if s.gW.dtype == acc else s.gW.dtype
+                    part = lax.dynamic_slice_in_dim(s.gW, start, size, axis=1) + matmul(x.T, dz_in, out)
                     s = s._replace(gW=lax.dynamic_update_slice_in_dim(s.gW, part, start, axis=1))
                     if s.gb is not None:
                         part = lax.dynamic_slice_in_dim(s.gb, start, size) + jnp.sum(dz, axis=0)
@@ -297,7 +344,7 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
         gX0 = jnp.zeros((n, x.shape[1]), acc) if want.grad_X else None
         gY0 = jnp.zeros((n, k), acc) if want.grad_labels else None
         sums, gX, g_labels = over_classes(grads, (sums, gX0, gY0))
-    rows = _RowOut(gX, g_labels, loss if want.rows else None, lse if want.rows else None)
+    rows = _RowOut(gX, g_labels, loss if want.rows else None, lse if want.rows else None, predicted)
     return sums, rows
 
 
@@ -327,7 +374,8 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
     st = _Static(spec, want, n_classes, class_start, class_axis, plan.class_chunk,
                  plan.feature_blocks)
     block = _one_block if plan.class_chunk is None else _class_blocks
-    sums = _Sums(jnp.zeros((), acc), jnp.zeros((d, k_local), acc) if want.grad_W else None,
+    sums = _Sums(jnp.zeros((), acc),
+                 jnp.zeros((d, k_local), plan.weight_grad_dtype or acc) if want.grad_W else None,
                  jnp.zeros((k_local,), acc) if want.grad_W and b is not None else None)
     c = max(1, min(plan.chunk_rows, n))
     if c == n:
@@ -337,7 +385,8 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
         rows = _RowOut(jnp.zeros((n, d), acc) if want.grad_X else None,
                        jnp.zeros((n, k_local), acc) if want.grad_labels else None,
                        jnp.zeros((n,), acc) if want.rows else None,
-                       jnp.zeros((n,), acc) if want.rows else None)
+                       jnp.zeros((n,), acc) if want.rows else None,
+                       jnp.zeros((n,), jnp.int32) if want.predictions else None)
 
         def step(carry, start, size):
             sums, rows = carry
@@ -351,7 +400,8 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
         n_full, rem = divmod(n, c)
         carry = lax.fori_loop(0, n_full, lambda i, carry: step(carry, i * c, c), (sums, rows))
         sums, rows = step(carry, n_full * c, rem) if rem else carry
-    return Evaluation(sums.value, sums.gW, sums.gb, rows.gX, rows.g_labels, rows.loss, rows.lse)
+    return Evaluation(sums.value, sums.gW, sums.gb, rows.gX, rows.g_labels, rows.loss, rows.lse,
+                      rows.predicted)
 
 
 def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -> Evaluation:
@@ -380,7 +430,7 @@ def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -
         P(), P(None, c_axis) if want.grad_W else None,
         P(c_axis) if want.grad_W and b is not None else None,
         P(d_axis, None) if want.grad_X else None, P(d_axis, c_axis) if want.grad_labels else None,
-        rows, rows)
+        rows, rows, P(d_axis) if want.predictions else None)
     # check_vma=False: the row loop's zero-initialised carry is device-invariant while its body
     # output varies along the mesh axes; every cross-device value is reduced explicitly above.
     return jax.shard_map(local, mesh=plan.mesh, in_specs=(in_specs,), out_specs=out_specs,
@@ -404,13 +454,18 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features, labels, coef: RowVal
     acc = accumulation_dtype(X.dtype)
     eps, zeta = jnp.asarray(eps, acc), jnp.asarray(zeta, acc)
 
+    cap = spec.softcap
+
     def block(carry, x, y, c):
         HW, Hb = carry
-        z = scores(W, b, x)
+        z = _rows.soft_cap(scores(W, b, x), cap)
         stats = _rows.block_stats(z, y, 0, spec)
         _, lse = _rows.finish(stats, spec, eps, zeta, k)
         p = _rows.probabilities(z, stats)
         a = scores(VW, Vb, x)
+        if cap is not None:  # the direction of the capped scores: s'(u)·a
+            slope = _rows.cap_slope(z, cap)
+            a = slope * a
         pa = jnp.sum(p * a, axis=-1, keepdims=True)
         sigma = _rows.probability_scale(lse, _rows.stats_target_sum(stats, spec, eps), spec, zeta)
         h = p * (a - pa)
@@ -418,6 +473,12 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features, labels, coef: RowVal
             h = sigma[:, None] * h
         if spec.z_loss:
             h = h + 2 * zeta * p * pa
+        if cap is not None:
+            # ∂²ℓ/∂u² a = s'·(∂²ℓ/∂s²)(s'·a) + (∂ℓ/∂s)·s''·a, with s'' = −2(s/c)s'/c and
+            # s''·a = −2(s/c)(s'·a)/c: a (already s'·a here) needs no second copy.
+            t = _rows.targets(y, spec, eps, k, 0, k, z.dtype)
+            g = _rows.score_gradient(p, t, jnp.ones_like(c), sigma)
+            h = slope * h - 2 * g * (z / cap) * a / cap
         h = jnp.where(c[:, None] != 0, c[:, None] * h, 0)  # ignored rows leave even when non-finite
         HW = _add_weight_gradient(HW, x, h.astype(x.dtype), plan.feature_blocks)
         return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)

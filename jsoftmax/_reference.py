@@ -27,17 +27,19 @@ def reference_row_loss(z, t):
 
 
 def reference_loss(x, w, b, labels, *, sample_weight=None, label_smoothing=0.0, z_loss=0.0,
-                   ignore_index=-100, reduction="mean", accumulate=None):
+                   ignore_index=-100, reduction="mean", accumulate=None, softcap=None):
     """The loss of the linear head ``x @ w + b`` with every option, straight from the definition.
 
     ``reduction``: "mean" (Σ sₙmₙℓₙ / Σ sₙmₙ), "sum" (Σ sₙmₙℓₙ) or "none" (sₙmₙℓₙ per row), with
     mₙ = 0 on rows labelled ``ignore_index``. ``accumulate``: dtype of the scores (default that
-    of ``x``).
+    of ``x``). ``softcap``: c > 0 replaces the scores by c·tanh(z/c) before the softmax.
     """
     dtype = accumulate or x.dtype
     z = jnp.matmul(x, w, preferred_element_type=dtype, precision=jax.lax.Precision.HIGHEST)
     if b is not None:
         z = z + b.astype(dtype)
+    if softcap is not None:
+        z = softcap * jnp.tanh(z / softcap)
     t = reference_targets(labels, w.shape[1], label_smoothing=label_smoothing).astype(dtype)
     losses = reference_row_loss(z, t) + z_loss * jax.nn.logsumexp(z, axis=-1) ** 2
     if jnp.issubdtype(labels.dtype, jnp.integer):
@@ -54,8 +56,9 @@ def reference_loss(x, w, b, labels, *, sample_weight=None, label_smoothing=0.0, 
 
 
 def reference_risk(W, b, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.0,
-                   ignore_index=-100):
+                   ignore_index=-100, softcap=None):
     """R = Σ wₙℓₙ / Σ wₙ + (l2 / 2) ‖W‖²."""
     data = reference_loss(X, W, b, labels, sample_weight=sample_weight,
-                          label_smoothing=label_smoothing, ignore_index=ignore_index)
+                          label_smoothing=label_smoothing, ignore_index=ignore_index,
+                          softcap=softcap)
     return data + 0.5 * l2 * jnp.sum(W * W)

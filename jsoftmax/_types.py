@@ -51,6 +51,8 @@ class LossSpec:
       smoothing: a label-smoothing term ε is present (non-zero, or traced).
       z_loss: a z-loss term ζ·lse² is present (non-zero, or traced).
       reduction: "mean" (weighted mean over counted rows), "sum", or "none" (per row).
+      softcap: c > 0 caps the scores at z ← c·tanh(z/c) before the softmax (Gemma 2's logit
+        soft-cap), or None. A model constant, so static.
     """
 
     soft: bool
@@ -58,6 +60,7 @@ class LossSpec:
     smoothing: bool = False
     z_loss: bool = False
     reduction: str = "mean"
+    softcap: float | None = None
 
     def __post_init__(self):
         if self.reduction not in REDUCTIONS:
@@ -76,6 +79,12 @@ class Plan:
         (rows of dW), so that its temporary is D/feature_blocks × K rather than D × K.
       mesh: a ``jax.sharding.Mesh`` with Auto axes, or None on one device.
       data_axis: mesh axis the rows are split over. class_axis: axis W's columns are split over.
+      weight_grad_dtype: dtype name dW accumulates in over row chunks; None: the accumulation
+        dtype (float32 for 16-bit inputs). A 16-bit accumulator halves the largest buffer of an
+        LM head (D×K) at the cost of one rounding per chunk.
+      recompute: differentiate a scalar loss by saving the log-sum-exp and recomputing the
+        scores in the backward (the cut-cross-entropy form) instead of computing every gradient
+        in the forward pass (the Liger form); "none" reductions always recompute.
     """
 
     chunk_rows: int
@@ -84,6 +93,8 @@ class Plan:
     mesh: jax.sharding.Mesh | None = None
     data_axis: str | None = None
     class_axis: str | None = None
+    weight_grad_dtype: str | None = None
+    recompute: bool = False
 
 
 class Want(NamedTuple):
@@ -93,6 +104,7 @@ class Want(NamedTuple):
     grad_X: bool = False
     grad_labels: bool = False  # d/d(probability rows)
     rows: bool = False  # per-row loss and log-sum-exp
+    predictions: bool = False  # per-row arg-max class id
 
 
 class Evaluation(NamedTuple):
@@ -106,6 +118,7 @@ class Evaluation(NamedTuple):
     g_labels: jax.Array | None  # (N, K)
     loss: jax.Array | None  # (N,) unweighted per-row losses
     lse: jax.Array | None  # (N,) per-row log-sum-exp
+    predicted: jax.Array | None = None  # (N,) int32 arg-max class per row
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:

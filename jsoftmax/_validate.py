@@ -260,6 +260,37 @@ def check_chunk(value: Any, name: str) -> int | None:
     return int(value)
 
 
+def check_softcap(value: Any) -> float | None:
+    """The logit soft-cap: None, or a finite Python/NumPy real c > 0 (static: it is a model
+    constant, and the compiled program depends on it)."""
+    if value is None:
+        return None
+    if is_tracer(value):
+        raise TypeError("`softcap` must be a concrete number (it is static); got a traced value.")
+    arr = np.asarray(value)
+    if arr.shape != () or arr.dtype == bool or not np.issubdtype(arr.dtype, np.floating) and \
+            not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`softcap` must be a positive real number or None; got {value!r}.")
+    cap = float(arr)
+    if not np.isfinite(cap) or cap <= 0:
+        raise ValueError(f"`softcap` must be a finite number > 0 or None; got {cap}.")
+    return cap
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A boolean option (static): a Python or NumPy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; got {value!r}.")
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """A string option among ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+    return value
+
+
 def is_active(value: Any) -> bool:
     """Static flag: does this scalar option change the program (traced counts as active)?"""
     return is_tracer(value) or float(value) != 0.0

@@ -141,6 +141,7 @@ def check_gradient(
     l2: float = 0.0,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
+    softcap: float | None = None,
     n_jacobian_rows: int = 4,
     n_fd_entries: int = 12,
     seed: int = 0,
@@ -159,6 +160,9 @@ def check_gradient(
       5. the Hessian-vector product H·V (W and b blocks) along a normal direction V drawn with
          ``seed`` vs forward-over-reverse autodiff, ``jax.jvp`` of ``jax.grad`` of the reference.
 
+    With ``softcap`` (c > 0: scores c·tanh(z/c), ``docs/derivation.md`` §10) steps 2–5 check
+    the capped loss, whose score gradient carries the factor 1 − tanh²(z/c).
+
     Analytic quantities are computed in the dtype of ``X``; references in float64.
     Arguments as in :func:`jsoftmax.risk`.
 
@@ -166,7 +170,8 @@ def check_gradient(
       A :class:`GradientReport`; ``str(report)`` is a table, ``report.to_dict()`` a dict.
     """
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
-                                       label_smoothing=label_smoothing, ignore_index=ignore_index)
+                                       label_smoothing=label_smoothing, ignore_index=ignore_index,
+                                       softcap=softcap)
     W, b, X, labels, sample_weight, soft = problem
     dtype_name = jnp.dtype(X.dtype).name
     n, d = X.shape
@@ -198,7 +203,7 @@ def check_gradient(
 
         reference = _reference_side(
             cast(W), cast(b), cast(X), cast(labels) if soft else labels, cast(sample_weight),
-            float(l2), float(label_smoothing), int(ignore_index), rows_shown,
+            float(l2), float(label_smoothing), int(ignore_index), spec.softcap, rows_shown,
             {name: jnp.asarray(point[2]) for name, point in fd_points.items()}, cast(VW), cast(Vb),
         )
         reference = jax.device_get(reference)
@@ -212,7 +217,8 @@ def check_gradient(
     if not soft:  # ignored rows have no target; the kernel zeroes them through their weight 0
         counted = np.asarray(labels != ignore_index)[:, None]
         dz, dz_ref = np.where(counted, dz, 0), np.where(counted, dz_ref, 0)
-    rows.append(_row("2", "dl/dz = p*sum(t) - t", "jax.grad", dz, dz_ref, dtype_name))
+    capped = "" if spec.softcap is None else " (x 1-(s/c)^2, capped s)"
+    rows.append(_row("2", "dl/dz = p*sum(t) - t" + capped, "jax.grad", dz, dz_ref, dtype_name))
     rows.append(_row("3", "R (risk value)", "plain-jnp risk",
                      analytic["value"], reference["value"], dtype_name))
     scales = reference["term_scales"]
@@ -252,6 +258,7 @@ def check_gradient(
         "ignored_rows": 0 if soft else int(np.sum(np.asarray(labels) == ignore_index)),
         "l2": float(l2),
         "label_smoothing": float(label_smoothing),
+        "softcap": spec.softcap,
     }
     return GradientReport(problem_info, tuple(rows))
 
@@ -285,16 +292,19 @@ def _analytic_side(W, b, X, labels, sample_weight, l2, smoothing, VW, Vb, *, spe
     }
 
 
-@partial(jax.jit, static_argnames=("ignore_index", "rows_shown"))
-def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index, rows_shown, fd_offsets,
-                    VW, Vb):
+@partial(jax.jit, static_argnames=("ignore_index", "softcap", "rows_shown"))
+def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index, softcap, rows_shown,
+                    fd_offsets, VW, Vb):
     """The float64 references: autodiff of plain-jnp definitions and finite differences."""
     z = X @ W if b is None else X @ W + b
     t = reference_targets(labels, W.shape[1], label_smoothing=smoothing).astype(z.dtype)
 
+    def capped(z_):
+        return z_ if softcap is None else softcap * jnp.tanh(z_ / softcap)
+
     def ref(W_, b_, X_):
         return reference_risk(W_, b_, X_, labels, sample_weight=sample_weight, l2=l2,
-                              label_smoothing=smoothing, ignore_index=ignore_index)
+                              label_smoothing=smoothing, ignore_index=ignore_index, softcap=softcap)
 
     grads = jax.grad(ref, argnums=(0, 1, 2))(W, b, X)
     # Magnitudes of the terms each gradient sums (see _row).
@@ -305,7 +315,7 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
     if sample_weight is not None:
         weights = weights * sample_weight
     weights = weights / jnp.sum(weights)
-    terms = jnp.abs(weights[:, None] * (jax.nn.softmax(z) * t.sum(1, keepdims=True) - t))
+    terms = jnp.abs(weights[:, None] * (jax.nn.softmax(capped(z)) * t.sum(1, keepdims=True) - t))
     term_scales = {
         "W": jnp.linalg.norm(jnp.abs(X).T @ terms) + l2 * jnp.linalg.norm(W),
         "b": jnp.linalg.norm(terms.sum(0)),
@@ -316,7 +326,7 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
     else:
         HW, Hb = jax.jvp(lambda W_, b_: jax.grad(ref, argnums=(0, 1))(W_, b_, X), (W, b), (VW, Vb))[1]
     a = jnp.abs(X @ VW if Vb is None else X @ VW + Vb)
-    p = jax.nn.softmax(z)
+    p = jax.nn.softmax(capped(z))
     h_terms = weights[:, None] * t.sum(1, keepdims=True) * (p * a + p * jnp.sum(p * a, 1, keepdims=True))
     term_scales["HW"] = jnp.linalg.norm(jnp.abs(X).T @ h_terms) + l2 * jnp.linalg.norm(VW)
     term_scales["Hb"] = jnp.linalg.norm(h_terms.sum(0))
@@ -327,7 +337,7 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
     }
     return {
         "jacobian": jax.vmap(jax.jacobian(jax.nn.softmax))(z[:rows_shown]),
-        "dz": jax.vmap(jax.grad(reference_row_loss))(z, t),
+        "dz": jax.vmap(jax.grad(lambda z_, t_: reference_row_loss(capped(z_), t_)))(z, t),
         "value": ref(W, b, X),
         "W": grads[0],
         "b": grads[1],
@@ -351,6 +361,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "l2": {"l2": 0.1},
     "label_smoothing": {"label_smoothing": 0.1},
     "all": {"bias": True, "sample_weight": True, "ignore": True, "l2": 0.05, "label_smoothing": 0.2},
+    "softcap": {"bias": True, "softcap": 1.5},
 }
 DEFAULT_SIZES = ((1, 3, 2), (16, 5, 3), (64, 10, 7), (256, 32, 50))
 
@@ -403,7 +414,8 @@ def verify_grid(
                     weights=spec.get("sample_weight", False))
                 report = check_gradient(params, X, labels, seed=seed + i, sample_weight=weights,
                                         l2=spec.get("l2", 0.0),
-                                        label_smoothing=spec.get("label_smoothing", 0.0))
+                                        label_smoothing=spec.get("label_smoothing", 0.0),
+                                        softcap=spec.get("softcap"))
             report.problem["option_set"] = option_set
             reports.append(report)
     return reports

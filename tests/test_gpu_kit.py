@@ -21,15 +21,42 @@ def test_float32_products_at_full_precision_16bit_on_tensor_cores():
 def test_lmhead_part_and_report_on_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu, "QUICK_SHAPES", [(128, 16, 300)])
     monkeypatch.setattr(gpu, "QUICK_CHUNK_SWEEP", (64,))
+    monkeypatch.setattr(gpu, "QUICK_MEMORY_NS", (64, 128))
     monkeypatch.setattr(gpu, "_fresh_peak", lambda *args: {"device_peak_bytes": 10**6})
     part = gpu.part_lmhead(quick=True)
     rows = {r["variant"]: r for r in part["results"]}
-    assert set(rows) == {"floor", "chunked", "naive_jax_grad", "optax_jax_grad", "chunked_rows64"}
+    assert set(rows) == {"floor", "chunked", "naive_jax_grad", "optax_jax_grad", "chunked_rows64",
+                         *gpu.OPTION_VARIANTS}
+    assert all("median_s" in row for row in rows.values()), rows
     assert rows["floor"]["ratio_to_floor"] == pytest.approx(1.0)
-    agreement = rows["chunked"]["agreement_vs_naive"]
-    assert agreement["loss"] < 1e-3 and agreement["dx"] < 2e-2 and agreement["dW"] < 2e-2
+    for name in ("chunked", "chunked_f32_dW", "chunked_bf16_dW", "chunked_recompute"):
+        agreement = rows[name]["agreement_vs_naive"]
+        assert agreement["loss"] < 1e-3 and agreement["dx"] < 2e-2 and agreement["dW"] < 2e-2, name
+    assert rows["chunked"]["result_devices"] == [jax.devices()[0].platform]
+    assert rows["chunked"]["host_transfers_in_hlo"] == []  # check_values=False: nothing leaves the device
+    memory = {(r["n"], r["variant"]): r["temp_bytes"] for r in part["memory_vs_n"]}
+    assert set(memory) == {(n, v) for n in (64, 128) for v in ("chunked", "optax_jax_grad", "floor")}
+    checks = part["check_values"]
+    assert len(checks["host_callbacks_in_hlo"]["True"]) > 0 == len(checks["host_callbacks_in_hlo"]["False"])
+    torch_rows = [{"shape": [128, 16, 300], "variant": v, "median_ms": t, "peak_beyond_bytes": 2**20}
+                  for v, t in (("torch_floor", 1.0), ("liger_flce", 2.0), ("cce", 4.0))]
     payload = {"command": "python -m benchmarks.gpu --quick", "quick": True, "machine": gpu.machine(),
                "parts": {"lmhead": {"returncode": 0, "seconds": 1.0, **part},
+                         "torch": {"returncode": 0, "results": torch_rows},
                          "tests": {"returncode": 1, "summary": "1 failed", "failures": ["FAILED t::x"]}}}
-    text = gpu.summary_markdown(json.loads(json.dumps(payload, default=float)))
+    payload = json.loads(json.dumps(payload, default=float))
+    text = gpu.summary_markdown(payload)
     assert "| (128, 16, 300) | chunked |" in text and "1 failed" in text and "FAILED t::x" in text
+    assert "| (128, 16, 300) | chunked | liger_flce |" in text and "| (128, 16, 300) | chunked | cce |" in text
+    assert "### Memory vs N" in text and "### check_values" in text
+    assert gpu.write_plot(payload, tmp_path / "lmhead.png") and (tmp_path / "lmhead.png").stat().st_size > 1000
+
+
+def test_dry_run_flag_is_the_quick_run(tmp_path):
+    out = tmp_path / "gpu"
+    assert gpu.main(["--dry-run", "--out", str(out), "--parts", "torch", "--budget-s", "120"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["quick"] is True and set(payload["parts"]) == {"torch"}
+    torch_part = payload["parts"]["torch"]
+    assert torch_part["returncode"] == 0 and (torch_part["results"] or torch_part["skipped"])
+    assert (out / "summary.md").exists()
