@@ -550,6 +550,9 @@ def summary_markdown(payload: dict) -> str:
                 if "device_peak_bytes" in r:
                     extra.append(f"device peak {r['device_peak_bytes']/2**30:.2f} GiB in a fresh process, "
                                  f"{r.get('peak_beyond_inputs_outputs_bytes', 0)/2**30:.2f} GiB beyond inputs and outputs")
+                if "result_devices" in r:
+                    extra.append(f"results on {', '.join(r['result_devices'])}, host transfers in the "
+                                 f"compiled program: {len(r.get('host_transfers_in_hlo', []))}")
                 if "agreement_vs_naive" in r:
                     a = r["agreement_vs_naive"]
                     extra.append(f"relative difference vs naive jax.grad: loss {a['loss']:.1e}, "

@@ -47,8 +47,9 @@ from ._types import (
 )
 
 IMPLEMENTATIONS = ("auto", "chunked", "reference")
-# "auto" is the one-pass form: on an H200 it ran the LM head at 1.16x the three-matmul floor;
-# the recompute form does a fourth product (benchmarks/results/gpu/).
+# "auto" takes the platform's rule in _rules.json: the one-pass form, which ran the LM head at
+# 1.11-1.15x the three-matmul floor on an H200 where the recompute form (a fourth product) ran
+# 1.43-1.46x (benchmarks/results/gpu/h200-run3).
 BACKWARDS = ("auto", "fused", "recompute")
 
 
@@ -90,7 +91,7 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                     z_loss=_validate.is_active(z_loss), reduction=reduction, softcap=softcap)
     plan = _engine.make_plan(n, problem.X.shape[1], k, chunk_rows=chunk_rows, class_chunk=class_chunk,
                              mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis,
-                             grad_dtype=grad_dtype, recompute=backward == "recompute")
+                             grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward))
     return problem, spec, plan
 
 

@@ -67,8 +67,9 @@ def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
     hold at least 1024 rows (fewer rows make the matrix products inefficient) and never exceed
     ``budget_bytes`` (default 128 MiB); powers of two, at least 64, at most ``n``
     (``benchmarks/results/hot-cpu.md``). GPU: 1024 rows within a 1 GiB budget — on an H200 at
-    (16384, 4096, 128256) bf16, 256-row chunks ran at 2.0× the matmul floor, 1024 and 2048 at
-    1.10×, 4096 at 1.13× with more memory (``benchmarks/results/gpu/``). Classes are split only
+    (16384, 4096, 128256) bf16, 256-row chunks ran at 2.0× the matmul floor, 512 at 1.21×, 1024
+    at 1.12× with 1.0 GiB of temp, 2048 at 1.08× with 1.8 GiB (``benchmarks/results/gpu/``).
+    The numbers live in ``_rules.json``. Classes are split only
     when even 64 rows of all K exceed the budget: then 256 rows by as many classes as fit; class
     blocks compute the scores twice, so they are the memory fallback, not the default.
     """
@@ -122,6 +123,15 @@ def weight_grad_dtype(dtype, d: int, k: int, accumulation: str = "auto") -> str 
     if accumulation == "input" or 4 * d * k > FLOAT32_WEIGHT_GRAD_BYTES:
         return dtype.name
     return None
+
+
+def recompute_backward(backward: str, platform: str | None = None) -> bool:
+    """Whether a scalar loss uses the recompute backward: "fused"/"recompute" as asked, "auto"
+    by the platform's measured rule (``_rules.json``)."""
+    if backward != "auto":
+        return backward == "recompute"
+    platform = platform or jax.devices()[0].platform
+    return RULES["cpu" if platform == "cpu" else "gpu"]["backward"] == "recompute"
 
 
 def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,

@@ -270,3 +270,21 @@ def test_differentiating_the_predictions_or_lse_is_refused():
 
     with pytest.raises(TypeError, match="auxiliary output and is not differentiated"):
         jax.grad(through_lse)(w)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_low_precision_predictions_match_the_reference(dtype):
+    x, w, b, y = problem(200, 64, 300, seed=17, dtype=dtype)
+    kwargs = dict(bias=b, return_predictions=True, return_accuracy=True, softcap=5.0)
+    fused = jsoftmax.linear_cross_entropy(x, w, y, chunk_size=48, class_chunk_size=100, **kwargs)
+    plain = jsoftmax.linear_cross_entropy(x, w, y, implementation="reference", **kwargs)
+    # Both take the arg-max of the same float32 scores of the same 16-bit inputs.
+    np.testing.assert_array_equal(np.asarray(fused[1]), np.asarray(plain[1]))
+    assert float(fused[2]) == float(plain[2])
+
+
+def test_backward_rule_is_read_from_the_rules_file():
+    assert _engine.recompute_backward("recompute") and not _engine.recompute_backward("fused")
+    for platform in ("cpu", "gpu"):
+        rule = _engine.RULES["cpu" if platform == "cpu" else "gpu"]["backward"]
+        assert _engine.recompute_backward("auto", platform) == (rule == "recompute")
