@@ -387,8 +387,8 @@ def hvp(
 
     .. math::
 
-        H_W V = X^	opig(c \odot (\hat Y\odot A - \hat Y \odot \mathrm{rowsum}(\hat Y\odot A))
-        \,	extstyle\sum_k Tig) + \lambda V_W, \qquad A = XV_W + V_b
+        H_W V = X^\top\big(c \odot (\hat Y\odot A - \hat Y \odot \mathrm{rowsum}(\hat Y\odot A))
+        \,\textstyle\sum_k T\big) + \lambda V_W, \qquad A = XV_W + V_b
 
     and :math:`H_b V = \sum_n c_n(\ldots)_n` (``docs/derivation.md`` §8). Computed by row chunks
     like the gradient (no N×K array beyond one chunk): two matrix products per chunk for A and
