@@ -1,11 +1,16 @@
 """The call a user makes: the first fit in a fresh process, with a cold and a warm compilation cache.
 
-    python -m benchmarks.first_call
+    python -m benchmarks.first_call [--new-n]
 
 Runs ``SoftmaxRegression(standardize=True, tol=1e-6).fit`` on digits in three fresh processes
 sharing an empty temporary ``JSOFTMAX_CACHE_DIR`` (the first compiles and fills it, the next two
 load from it) and scikit-learn's ``LogisticRegression`` (1 BLAS thread) on the same data, and
 writes ``benchmarks/results/first-call-<platform>.{json,md}``.
+
+``--new-n``: the fit that follows a fit on a different number of rows (as in 5-fold cross
+validation of digits: 1438 then 1437 rows), with the estimator's row buckets and without
+(``ROW_BUCKET_MAX_BYTES = 0``), each in a fresh process with the compilation cache off;
+writes ``benchmarks/results/new-n-<platform>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,44 @@ else:
 """
 
 
+NEW_N_CHILD = """
+import json, time
+import numpy as np
+from sklearn.datasets import load_digits
+import jsoftmax
+from jsoftmax import _estimator
+if not {buckets}:
+    _estimator.ROW_BUCKET_MAX_BYTES = 0
+X, y = load_digits(return_X_y=True)
+times = []
+for n in (1438, 1437, 1438, 1436):
+    t = time.perf_counter()
+    jsoftmax.SoftmaxRegression(standardize=True, tol=1e-6, max_iter=1000).fit(X[:n], y[:n])
+    times.append(time.perf_counter() - t)
+print(json.dumps({{"fit_s": times, "rows": [1438, 1437, 1438, 1436]}}))
+"""
+
+
+def new_n(buckets: bool) -> dict:
+    env = dict(os.environ, JSOFTMAX_CACHE_DIR="off")
+    done = subprocess.run([sys.executable, "-c", NEW_N_CHILD.format(buckets=buckets)], env=env,
+                          capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main_new_n() -> int:
+    info = common.machine()
+    runs = {"buckets": new_n(True), "no_buckets": new_n(False)}
+    payload = {"machine": info, "command": "python -m benchmarks.first_call --new-n", **runs}
+    rows = [[name.replace("_", " "), *(f"{t:.2f} s" for t in run["fit_s"])] for name, run in runs.items()]
+    md = ("# Fits on a new number of rows (digits, standardize, tol 1e-6, float64, cache off)\n\n"
+          + common.stamp_markdown(info, payload["command"]) + "\n"
+          + common.table(["row buckets", "fit 1438 rows (compiles)", "then 1437 rows", "1438 again",
+                          "1436 rows"], rows))
+    common.publish(f"new-n-{info['platform']}", payload, md)
+    return 0
+
+
 def child(sklearn: bool, cache: str) -> dict:
     env = dict(os.environ, JSOFTMAX_CACHE_DIR=cache)
     done = subprocess.run([sys.executable, "-c", CHILD.format(sklearn=sklearn)], env=env,
@@ -73,4 +116,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_new_n() if "--new-n" in sys.argv[1:] else main())

@@ -38,6 +38,33 @@ from ._types import Params
 SOLVERS = ("auto", "lbfgs", "newton-cg", "adam", "sgd")
 FULL_BATCH_SOLVERS = ("lbfgs", "newton-cg")
 MODEL_FORMAT = 2  # 2: checksum, array manifest, feature names; 1 still loads
+# Full-batch fits pad the rows up to a bucket (at most 1/8 more, weight 0) so that a new N in the
+# same bucket reuses the compiled program, while the padded copy costs little next to a compile:
+# up to 64 MiB of X (benchmarks/first_call.py --new-n measures both).
+ROW_BUCKET_MAX_BYTES = 64 * 2**20
+
+
+def row_bucket(n: int) -> int:
+    """The smallest m·2^e ≥ n with m in 8..15 (eight buckets per doubling), at least 64."""
+    if n <= 64:
+        return 64
+    step = 2 ** (max(n - 1, 1).bit_length() - 4)
+    return -(-n // step) * step
+
+
+def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X, labels and weights padded with zero-weight rows to :func:`row_bucket` (unchanged when
+    the padded X would exceed ``ROW_BUCKET_MAX_BYTES``). Zero-weight rows leave every sum
+    exactly (the engine skips rows whose coefficient is 0), so the fit is the same."""
+    n, d = X.shape
+    rows = row_bucket(n)
+    if rows == n or rows * d * np.dtype(dtype).itemsize > ROW_BUCKET_MAX_BYTES:
+        return np.asarray(X, dtype), y_ids, sample_weight
+    padded = np.zeros((rows, d), dtype)
+    padded[:n] = X
+    return (padded, np.concatenate([y_ids, np.zeros(rows - n, y_ids.dtype)]),
+            np.concatenate([sample_weight, np.zeros(rows - n, sample_weight.dtype)]))
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,14 +270,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if self.fit_intercept:
                 b0 = jnp.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
             minibatch = self.batch_size is not None
+            X_fit, y_fit, w_fit = ((np.asarray(X, dtype), y_ids, sample_weight) if minibatch
+                                   else pad_rows(X, y_ids, sample_weight, dtype))
             # X goes to the device once, in the fit's dtype; standardisation is folded into
             # the weights (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
             result = fit(
                 Params(W0, b0),
-                jax.device_put(np.asarray(X, dtype)),  # one copy (jnp.asarray makes two)
-                jnp.asarray(y_ids, jnp.int32),
+                jax.device_put(X_fit),  # one copy (jnp.asarray makes two)
+                jnp.asarray(y_fit, jnp.int32),
                 **solver,
-                sample_weight=jnp.asarray(sample_weight, dtype),
+                sample_weight=jnp.asarray(w_fit, dtype),
                 l2=l2,
                 batch_size=self.batch_size,
                 max_iter=int(self.max_iter),

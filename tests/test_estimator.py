@@ -227,3 +227,50 @@ def test_float64_fit_does_not_leak_x64():
         SoftmaxRegression(dtype="float64", max_iter=50).fit(X, y, callback=boom)
     assert not jax.config.jax_enable_x64
     assert jnp.zeros(1).dtype == jnp.float32
+
+
+def _compiled_programs() -> int:
+    from jsoftmax import _train
+
+    return sum(f._cache_size() for f in (_train._lbfgs_start, _train._lbfgs_segment,
+                                         _train._metrics, _train._grad_inf_norm))
+
+
+@pytest.mark.parametrize("buckets", [True, False])
+def test_a_new_number_of_rows_in_the_same_bucket_reuses_the_program(monkeypatch, buckets):
+    from jsoftmax import _estimator
+
+    if not buckets:
+        monkeypatch.setattr(_estimator, "ROW_BUCKET_MAX_BYTES", 0)
+    X, y = datasets.load_iris(return_X_y=True)
+    model = SoftmaxRegression(solver="lbfgs", standardize=True, tol=1e-8)
+    model.fit(X[:140], y[:140])
+    before = _compiled_programs()
+    model.fit(X[:137], y[:137])  # bucket 144 holds 129..144 rows
+    assert (_compiled_programs() == before) == buckets
+
+
+def test_padded_rows_leave_the_fit_unchanged(monkeypatch):
+    from jsoftmax import _estimator
+
+    X, y = datasets.load_iris(return_X_y=True)
+    X, y = X[:137], y[:137]
+    weights = np.linspace(0.5, 2.0, 137)
+    model = SoftmaxRegression(solver="newton-cg", standardize=True, tol=1e-10, dtype="float64")
+    padded = clone(model).fit(X, y, sample_weight=weights)
+    monkeypatch.setattr(_estimator, "ROW_BUCKET_MAX_BYTES", 0)
+    plain = clone(model).fit(X, y, sample_weight=weights)
+    assert padded.optimality_["converged"] and plain.optimality_["converged"]
+    # Both converged to the same optimum; the padded rows changed only the summation order.
+    np.testing.assert_allclose(padded.coef_, plain.coef_, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(padded.intercept_, plain.intercept_, rtol=1e-8, atol=1e-9)
+    assert padded.objective(X, y, weights) == pytest.approx(plain.objective(X, y, weights), rel=1e-13)
+
+
+def test_row_bucket_pads_at_most_an_eighth():
+    from jsoftmax._estimator import row_bucket
+
+    sizes = np.arange(1, 20000)
+    buckets = np.array([row_bucket(int(n)) for n in sizes])
+    assert np.all(buckets >= sizes) and np.all(buckets <= np.maximum(64, np.ceil(sizes * 1.125)))
+    assert len(np.unique(buckets)) < 100  # few programs for many sizes
