@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from . import _engine, _mesh, _rows, _validate
+from . import _engine, _mesh, _rows, _sparse, _validate
 from ._reference import reference_loss
 from ._types import (
     Bias,
@@ -77,9 +77,17 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     if class_axis is not None and class_chunk is not None:
         raise ValueError("`class_chunk_size` cannot be combined with `class_axis`: the mesh "
                          "splits the classes.")
+    sparse = isinstance(problem.X, _sparse.CSR)
+    if sparse and class_chunk is not None:
+        raise ValueError("`class_chunk_size` is not supported for a sparse X: its chunks hold all "
+                         "K classes (text problems have few).")
+    if sparse and mesh is not None:
+        raise ValueError("a sparse X cannot be sharded over a `mesh` yet; pass a dense X or no mesh.")
     placed = _mesh.place_inputs(mesh, data_axis, class_axis, W=problem.W, b=problem.b,
-                                X=problem.X, labels=problem.labels,
+                                X=None if sparse else problem.X, labels=problem.labels,
                                 sample_weight=problem.sample_weight)
+    if sparse:
+        placed["X"] = problem.X
     problem = problem._replace(**placed)
     if check_values:
         _validate.check_values(problem, ignore_index)
@@ -91,7 +99,10 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                     z_loss=_validate.is_active(z_loss), reduction=reduction, softcap=softcap)
     plan = _engine.make_plan(n, problem.X.shape[1], k, chunk_rows=chunk_rows, class_chunk=class_chunk,
                              mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis,
-                             grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward))
+                             grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward),
+                             sparse_indptr=problem.X.indptr if sparse else None)
+    if sparse:  # laid out for the plan's chunks, on the device
+        problem = problem._replace(X=_sparse.chunked_rows(problem.X, plan.chunk_rows))
     return problem, spec, plan
 
 
@@ -121,8 +132,15 @@ def _package(ev, coef, spec: LossSpec, return_lse: bool, return_predictions: boo
 
 
 def _primal(arg):
-    """(value, perturbed) of a symbolic-zeros primal; ``None`` (an empty pytree) stays None."""
-    return (None, False) if arg is None else (arg.value, arg.perturbed)
+    """(value, perturbed) of a symbolic-zeros primal; ``None`` (an empty pytree) stays None; a
+    pytree (a sparse X) is perturbed when any of its leaves is."""
+    if arg is None:
+        return None, False
+    if hasattr(arg, "value"):
+        return arg.value, arg.perturbed
+    leaves, tree = jax.tree_util.tree_flatten(arg, is_leaf=lambda leaf: hasattr(leaf, "perturbed"))
+    return (jax.tree_util.tree_unflatten(tree, [leaf.value for leaf in leaves]),
+            any(leaf.perturbed for leaf in leaves))
 
 
 def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse, return_predictions):
@@ -131,6 +149,9 @@ def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse,
     if eps_p or zeta_p:
         raise TypeError("differentiating with respect to `label_smoothing` or `z_loss` is not "
                         "supported; pass them as constants.")
+    if X_p and isinstance(X, _sparse.SparseRows):
+        raise TypeError("differentiating with respect to a sparse `X` is not supported; its "
+                        "stored values are data, not parameters.")
     acc = accumulation_dtype(X.dtype)
     coef = _rows.row_coefficients(labels, sw, spec, acc)
     grads = Want(grad_W=W_p or b_p, grad_X=X_p, grad_labels=y_p and spec.soft)
@@ -574,21 +595,36 @@ def _reference_outputs(W, b, X, labels, eps, zeta, spec: LossSpec, return_lse: b
     return (out, *extras)
 
 
+def _all_scores(W, b, X):
+    return _engine.scores(W, b, _engine.row_chunk(X, 0, X.shape[0]))
+
+
 @jax.jit
 def _proba_jit(W, b, X):
-    return jax.nn.softmax(_engine.scores(W, b, X), axis=-1)
+    return jax.nn.softmax(_all_scores(W, b, X), axis=-1)
 
 
 @jax.jit
 def _predict_jit(W, b, X):
-    return jnp.argmax(_engine.scores(W, b, X), axis=-1)
+    return jnp.argmax(_all_scores(W, b, X), axis=-1)
+
+
+def _features(params, X):
+    """Validated W, b and X for prediction; a sparse X as one chunk of rows (the (N, K) output
+    is as large as its scores), without the transposed copy a gradient needs."""
+    W, b, X = _validate.prepare_features(params, X)
+    if isinstance(X, _sparse.CSR):
+        _validate.check_sparse_values(X)
+        X = _sparse.chunked_rows(X, X.shape[0], transposed=False)
+    return W, b, X
 
 
 def predict_proba(params: Params | Weights, X: Features) -> jax.Array:
-    """Class probabilities softmax(XW + b), shape (N, K) (float32 for 16-bit inputs)."""
-    return _proba_jit(*_validate.prepare_features(params, X))
+    """Class probabilities softmax(XW + b), shape (N, K) (float32 for 16-bit inputs). X dense
+    or sparse (scipy.sparse, BCOO, BCSR)."""
+    return _proba_jit(*_features(params, X))
 
 
 def predict(params: Params | Weights, X: Features) -> jax.Array:
-    """Most probable class id per row, argmax of XW + b, shape (N,)."""
-    return _predict_jit(*_validate.prepare_features(params, X))
+    """Most probable class id per row, argmax of XW + b, shape (N,). X dense or sparse."""
+    return _predict_jit(*_features(params, X))

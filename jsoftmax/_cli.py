@@ -162,10 +162,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   checkpoint_every=args.checkpoint_every, resume=args.resume)
     finally:
         progress.close()
-    payload = {"source": source, "n_features": int(X.shape[1]), "classes": model.classes_.tolist(),
-               "solver": args.solver, "optimality": model.optimality_,
+    from . import _data
+
+    data = _data.describe(X)
+    payload = {"source": source, "n_features": int(X.shape[1]), "data": data,
+               "classes": model.classes_.tolist(), "solver": args.solver, "optimality": model.optimality_,
                "train": classification_metrics(model, X_train, y_train)}
-    lines = [f"Trained on {source}: {len(y_train)} samples, {X.shape[1]} features, "
+    stored = (f" (sparse: {data['nnz']} stored, density {data['density']:.2e}, "
+              f"{data['bytes'] / 2**20:.1f} MiB)" if data["sparse"] else "")
+    lines = [f"Trained on {source}: {len(y_train)} samples, {X.shape[1]} features{stored}, "
              f"{len(model.classes_)} classes, solver {args.solver}.",
              "Optimality: gradient max-abs {grad_norm:.2e} after {n_iter} iterations, "
              "converged={converged} ({stop_reason}).".format(**model.optimality_),
@@ -196,7 +201,7 @@ def _model_and_data(args: argparse.Namespace):
 
     model = SoftmaxRegression.load(args.model)
     X, y = _data.load_file(args.file, label_column=_label_column(args.label_column),
-                           labels_path=args.labels_file)
+                           labels_path=args.labels_file, n_features=model.n_features_in_)
     return model, X, y
 
 
@@ -207,22 +212,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = SoftmaxRegression.load(args.model)
     X = _data.load_features(args.file, model.n_features_in_, label_column=_label_column(args.label_column),
                             labels_path=args.labels_file)
+    data = _data.describe(X)
     if args.proba:
         proba = model.predict_proba(X)
-        payload = {"classes": model.classes_.tolist(), "proba": proba.tolist()}
+        payload = {"classes": model.classes_.tolist(), "proba": proba.tolist(), "data": data}
         lines = [" ".join(f"{p:.6f}" for p in row) for row in proba]
     else:
         predicted = model.predict(X).tolist()
-        payload = {"predictions": predicted}
+        payload = {"predictions": predicted, "data": data}
         lines = [str(p) for p in predicted]
     _emit(args, payload, lines)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import _data
+
     model, X, y = _model_and_data(args)
     _check_known_labels(model, y, args.file)
     payload = classification_metrics(model, X, y)
+    payload["data"] = _data.describe(X)
     _emit(args, payload, metrics_lines(f"Evaluation of {args.model} on {args.file}", payload))
     return 0
 

@@ -20,6 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from . import _sparse
 from ._compat import enable_x64
 from ._estimator import SoftmaxRegression, column_moments
 from ._train import fit_many
@@ -106,7 +107,8 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
         template = self._template(1.0)
         template._check_params()
         grid = self._grid()
-        X, y = validate_data(self, X, y, dtype=template._input_dtypes(), ensure_min_samples=2)
+        X, y = validate_data(self, X, y, dtype=template._input_dtypes(), ensure_min_samples=2,
+                             accept_sparse="csr")
         check_classification_targets(y)
         classes, y_ids = np.unique(y, return_inverse=True)
         if len(classes) < 2:
@@ -137,7 +139,7 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
         iterations = np.zeros((n_folds, n_cs), int)
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
-            X_device = jnp.asarray(np.asarray(X, dtype))
+            X_device = X.astype(dtype) if _sparse.is_sparse(X) else jnp.asarray(np.asarray(X, dtype))
             labels = jnp.asarray(y_ids, jnp.int32)
             W = jnp.zeros((n_folds, d, k), dtype)
             b = jnp.zeros((n_folds, k), dtype) if self.fit_intercept else None

@@ -1,7 +1,8 @@
 """Data: scikit-learn's bundled datasets and loaders for CSV, NPZ, LIBSVM/svmlight and MNIST IDX.
 
-Every loader returns ``(X, y)`` with ``X`` a float64 array (N, D) and ``y`` an array (N,) of
-labels (numbers or strings). A malformed file raises ``ValueError`` naming the file and the
+Every loader returns ``(X, y)`` with ``X`` a float64 array (N, D) — a ``scipy.sparse`` CSR matrix
+for LIBSVM/svmlight files, which are sparse by nature — and ``y`` an array (N,) of labels
+(numbers or strings). A malformed file raises ``ValueError`` naming the file and the
 line (text formats) or byte offset (IDX).
 """
 
@@ -61,8 +62,10 @@ def _existing(path: str | os.PathLike) -> Path:
 
 
 def load_file(path: str | os.PathLike, *, label_column: str | int | None = None,
-              labels_path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load by file type: .csv/.tsv/.txt, .npz, .svm/.svmlight/.libsvm, MNIST IDX (raw or .gz)."""
+              labels_path: str | os.PathLike | None = None, n_features: int | None = None):
+    """Load by file type: .csv/.tsv/.txt, .npz, .svm/.svmlight/.libsvm (sparse X), MNIST IDX (raw
+    or .gz). ``n_features``: the width a model expects, for LIBSVM files (whose width is
+    otherwise their largest index)."""
     path = _existing(path)
     kind = _kind(path)
     if kind == "idx":
@@ -70,7 +73,7 @@ def load_file(path: str | os.PathLike, *, label_column: str | int | None = None,
     if kind == "npz":
         return load_npz(path)
     if kind == "svmlight":
-        return load_svmlight(path)
+        return load_svmlight(path, n_features=n_features)
     return load_csv(path, label_column=-1 if label_column is None else label_column,
                     delimiter="\t" if kind == "tsv" else ",")
 
@@ -92,7 +95,7 @@ def load_features(path: str | os.PathLike, n_features: int, *, label_column: str
     elif kind == "npz":
         X = load_npz(path, require_labels=False)[0]
     else:
-        X = load_file(path, label_column=label_column, labels_path=labels_path)[0]
+        X = load_file(path, label_column=label_column, labels_path=labels_path, n_features=n_features)[0]
     if X.shape[1] != n_features:
         raise ValueError(f"{path}: the model expects {n_features} features; the file has {X.shape[1]}.")
     return X
@@ -261,22 +264,72 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = True) -> tuple[n
     return X.astype(np.float64), y
 
 
-# A dense LIBSVM matrix may be at most this many times the bytes of its stored entries (or
-# DENSE_FLOOR_BYTES, whichever is larger): a stray index of 10⁹ must not allocate gigabytes.
-DENSE_GROWTH = 64
-DENSE_FLOOR_BYTES = 256 * 2**20
+# A LIBSVM file's width is its largest feature index. A stray index of 10⁹ would make a model
+# with 10⁹ rows of weights, so without ``n_features`` the width may be at most this many times
+# the stored entries (or WIDTH_FLOOR, whichever is larger).
+WIDTH_GROWTH = 64
+WIDTH_FLOOR = 2**20
 
 
 def load_svmlight(path: str | os.PathLike, *, n_features: int | None = None,
-                  zero_based: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """LIBSVM/svmlight text: ``label index:value ...`` per line, ``#`` comments.
+                  zero_based: bool | None = None):
+    """LIBSVM/svmlight text (``label index:value ...`` per line, ``#`` comments, ``qid:`` ignored;
+    ``.gz``/``.bz2`` too) as ``(X, y)`` with X a ``scipy.sparse`` CSR matrix: never densified.
 
-    Indices are one-based unless ``zero_based`` (None: zero-based if any index 0 appears). A
-    feature index repeated on one line is summed (as scipy sums duplicate entries). The dense
-    result may hold at most 64× the bytes of the stored entries (or 256 MiB): a larger index
-    than that needs ``n_features`` to say so.
+    Parsed by scikit-learn's compiled ``load_svmlight_file``. Where it refuses a file, or
+    accepts non-finite values, jsoftmax's own line scanner names the file, the line and the
+    problem. Lines whose indices are not increasing (unsorted or repeated: scikit-learn refuses
+    them) are parsed by that scanner instead, repeated indices summed as scipy sums duplicates.
+    Indices are one-based unless ``zero_based`` (None: zero-based if any index 0 appears).
+    Without ``n_features`` the width may be at most 64× the stored entries (or 2²⁰).
     """
+    from sklearn.datasets import load_svmlight_file
+
     path = _existing(path)
+    try:
+        X, y = load_svmlight_file(str(path), n_features=n_features, dtype=np.float64,
+                                  zero_based="auto" if zero_based is None else zero_based)
+    except (ValueError, OSError, EOFError, zlib.error) as err:
+        if "sorted and unique" not in str(err):
+            _scan_svmlight(path, n_features, zero_based)  # raises naming the line
+            raise ValueError(f"{path}: {err}") from None
+        X, y = _scan_svmlight(path, n_features, zero_based)
+    if X.shape[0] == 0:
+        raise ValueError(f"{path}: no samples.")
+    if not np.all(np.isfinite(X.data)) or not np.all(np.isfinite(y)):
+        _scan_svmlight(path, n_features, zero_based)
+        raise ValueError(f"{path}: non-finite values.")  # pragma: no cover - the scan names the line
+    _check_width(path, X, n_features)
+    y = np.asarray(y)
+    if y.dtype.kind == "f" and np.all(y == np.round(y)) and np.all(np.abs(y) < 2**53):
+        y = y.astype(np.int64)  # integral labels read as floats: class ids
+    return X, y
+
+
+def _check_width(path: Path, X, n_features: int | None) -> None:
+    width = X.shape[1]
+    if n_features is None and width > max(WIDTH_FLOOR, WIDTH_GROWTH * X.nnz):
+        raise ValueError(f"{path}: the largest feature index, about {width}, would make a model of {width} "
+                         f"features for {X.nnz} stored values; pass n_features if that is really meant.")
+
+
+def describe(X) -> dict:
+    """Size of a feature matrix for reports: rows, features, and for a sparse X its stored
+    entries, density and CSR bytes."""
+    n, d = X.shape
+    if not hasattr(X, "nnz"):
+        return {"n_samples": int(n), "n_features": int(d), "sparse": False, "bytes": int(X.nbytes)}
+    csr = X.tocsr()
+    return {"n_samples": int(n), "n_features": int(d), "sparse": True, "nnz": int(csr.nnz),
+            "density": float(csr.nnz / max(n * d, 1)),
+            "bytes": int(csr.data.nbytes + csr.indices.nbytes + csr.indptr.nbytes)}
+
+
+def _scan_svmlight(path: Path, n_features: int | None, zero_based: bool | None):
+    """jsoftmax's own LIBSVM reader: every line checked, errors naming the file and line; returns
+    (X CSR, y) with repeated indices summed."""
+    import scipy.sparse as sp
+
     labels, rows, columns, values = [], array("q"), array("q"), array("d")
     line_of_row = []
     with _open_binary(path) as handle:
@@ -288,6 +341,8 @@ def load_svmlight(path: str | os.PathLike, *, n_features: int | None = None,
             row = len(labels)
             for pair in pairs:
                 index, sep, value = pair.partition(":")
+                if index == "qid":
+                    continue
                 try:
                     if not sep or not index.isdigit():
                         raise ValueError
@@ -300,7 +355,10 @@ def load_svmlight(path: str | os.PathLike, *, n_features: int | None = None,
                 rows.append(row)
                 columns.append(int(index))
                 values.append(number)
-            labels.append(_parse_label(label))
+            parsed = _parse_label(label)
+            if isinstance(parsed, str):
+                raise ValueError(f"{path}, line {line_no}: the label {label!r} is not a finite number.")
+            labels.append(parsed)
             line_of_row.append(line_no)
     if not labels:
         raise ValueError(f"{path}: no samples.")
@@ -317,14 +375,10 @@ def load_svmlight(path: str | os.PathLike, *, n_features: int | None = None,
         if width > n_features:
             raise ValueError(f"{path}: feature index {width - 1 + offset} exceeds n_features={n_features}.")
         width = n_features
-    dense_bytes = len(labels) * width * 8
-    if n_features is None and dense_bytes > max(DENSE_FLOOR_BYTES, DENSE_GROWTH * 16 * len(values)):
-        raise ValueError(f"{path}: the largest feature index, {width - 1 + offset}, would make a dense "
-                         f"{len(labels)} × {width} matrix ({dense_bytes / 2**30:.1f} GiB) for "
-                         f"{len(values)} stored values; pass n_features if that is really meant.")
-    X = np.zeros((len(labels), width))
-    np.add.at(X, (np.frombuffer(rows, np.int64) if len(rows) else np.zeros(0, np.int64), columns_np - offset),
-              np.frombuffer(values, np.float64) if len(values) else np.zeros(0))
+    rows_np = np.frombuffer(rows, np.int64) if len(rows) else np.zeros(0, np.int64)
+    values_np = np.frombuffer(values, np.float64) if len(values) else np.zeros(0)
+    X = sp.csr_matrix((values_np, (rows_np, columns_np - offset)), shape=(len(labels), width))
+    X.sum_duplicates()
     return X, np.asarray(labels)
 
 

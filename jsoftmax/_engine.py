@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from . import _rows
+from . import _rows, _sparse
 from ._mesh import constrain, partition_specs
 from ._types import (
     Bias,
@@ -134,13 +134,23 @@ def recompute_backward(backward: str, platform: str | None = None) -> bool:
     return RULES["cpu" if platform == "cpu" else "gpu"]["backward"] == "recompute"
 
 
+def sparse_chunk_rows(indptr, k: int, rows: int, platform: str = "cpu") -> int:
+    """Rows per chunk for sparse X: the dense rule's rows, halved while the chunk with the most
+    stored entries would gather more than the block budget (entries × K f32 values)."""
+    budget = DEFAULT_CHUNK_BYTES if platform == "cpu" else GPU_CHUNK_BYTES
+    while rows > 64 and _sparse.max_chunk_entries(indptr, rows) * k * 4 > budget:
+        rows //= 2
+    return rows
+
+
 def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
               class_chunk: int | None = None, mesh=None, data_axis: str | None = None,
               class_axis: str | None = None, grad_dtype: str | None = None,
-              recompute: bool = False) -> Plan:
+              recompute: bool = False, sparse_indptr=None) -> Plan:
     """The :class:`Plan` for N rows, D features and K classes: explicit sizes win, else
     :func:`choose_chunks` on the block one device holds; no class blocks along a class-sharded
-    mesh axis. ``grad_dtype``, ``recompute``: see :class:`Plan`."""
+    mesh axis. ``grad_dtype``, ``recompute``: see :class:`Plan`. ``sparse_indptr``: the CSR row
+    pointers of a sparse X (rows per chunk by :func:`sparse_chunk_rows`; no class blocks)."""
     if mesh is not None:
         n //= mesh.shape[data_axis] if data_axis else 1
         k //= mesh.shape[class_axis] if class_axis else 1
@@ -152,6 +162,10 @@ def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
         classes = class_chunk
     if class_axis is not None or (classes is not None and classes >= k):
         classes = None
+    if sparse_indptr is not None:
+        if chunk_rows is None:
+            rows = sparse_chunk_rows(sparse_indptr, k, rows, platform)
+        return Plan(rows, None, 1, mesh, data_axis, class_axis, grad_dtype, recompute)
     return Plan(rows, classes, feature_blocks(d, rows, platform), mesh, data_axis, class_axis,
                 grad_dtype, recompute)
 
@@ -167,9 +181,9 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
     return jnp.matmul(a, b, preferred_element_type=out_dtype or accumulate, precision=precision)
 
 
-def scores(W: Weights, b: Bias | None, X: Features) -> Scores:
-    """Z = XW + b in the accumulation dtype, shape (N, K)."""
-    z = matmul(X, W)
+def scores(W: Weights, b: Bias | None, X: Features | _sparse.SparseChunk) -> Scores:
+    """Z = XW + b in the accumulation dtype, shape (N, K); X dense or a sparse chunk."""
+    z = _sparse.scores(X, W) if isinstance(X, _sparse.SparseChunk) else matmul(X, W)
     return z if b is None else z + b.astype(z.dtype)
 
 
@@ -268,6 +282,8 @@ def _add_weight_gradient(gW, x, dz, blocks: int):
     16-bit ``gW`` (``Plan.weight_grad_dtype``) gets a 16-bit product, so that the addition folds
     into the GEMM (β = 1) instead of a float32 (D, K) temporary.
     """
+    if isinstance(x, _sparse.SparseChunk):
+        return gW + _sparse.transposed_product(x, dz).astype(gW.dtype)
     out = None if gW.dtype == accumulation_dtype(x.dtype) else gW.dtype
     if blocks == 1:
         return gW + matmul(x.T, dz, out)
@@ -358,7 +374,7 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
     return sums, rows
 
 
-def evaluate(W: Weights, b: Bias | None, X: Features, labels, coef: RowValues, eps, zeta,
+def evaluate(W: Weights, b: Bias | None, X: Features | _sparse.SparseRows, labels, coef: RowValues, eps, zeta,
              spec: LossSpec, plan: Plan, want: Want, lse: RowValues | None = None) -> Evaluation:
     """V = Σₙ cₙℓₙ and the gradients ``want`` asks for, in the accumulation dtype.
 
@@ -389,7 +405,7 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
                  jnp.zeros((k_local,), acc) if want.grad_W and b is not None else None)
     c = max(1, min(plan.chunk_rows, n))
     if c == n:
-        sums, rows = block(sums, X, labels, coef, lse, head, st)
+        sums, rows = block(sums, row_chunk(X, 0, n), labels, coef, lse, head, st)
     else:
         # Row outputs are written in place into (N, ...) buffers.
         rows = _RowOut(jnp.zeros((n, d), acc) if want.grad_X else None,
@@ -400,9 +416,9 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
 
         def step(carry, start, size):
             sums, rows = carry
-            x, y, cf, ls = (None if a is None else lax.dynamic_slice_in_dim(a, start, size, axis=0)
-                            for a in (X, labels, coef, lse))
-            sums, out = block(sums, x, y, cf, ls, head, st)
+            y, cf, ls = (None if a is None else lax.dynamic_slice_in_dim(a, start, size, axis=0)
+                         for a in (labels, coef, lse))
+            sums, out = block(sums, row_chunk(X, start, size), y, cf, ls, head, st)
             rows = jax.tree_util.tree_map(
                 lambda buf, part: lax.dynamic_update_slice_in_dim(buf, part, start, 0), rows, out)
             return sums, rows
@@ -412,6 +428,13 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
         sums, rows = step(carry, n_full * c, rem) if rem else carry
     return Evaluation(sums.value, sums.gW, sums.gb, rows.gX, rows.g_labels, rows.loss, rows.lse,
                       rows.predicted)
+
+
+def row_chunk(X, start, size: int):
+    """Rows ``[start, start + size)`` of a dense X (a slice) or of a sparse one (its chunk)."""
+    if isinstance(X, _sparse.SparseRows):
+        return X.chunk(start, size)
+    return X if (size == X.shape[0] and isinstance(start, int)) else lax.dynamic_slice_in_dim(X, start, size, axis=0)
 
 
 def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -> Evaluation:
@@ -447,7 +470,7 @@ def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -
                          check_vma=False)(args)
 
 
-def hessian_vector(W: Weights, b: Bias | None, X: Features, labels, coef: RowValues, VW: Weights,
+def hessian_vector(W: Weights, b: Bias | None, X: Features | _sparse.SparseRows, labels, coef: RowValues, VW: Weights,
                    Vb: Bias | None, eps, zeta, spec: LossSpec, plan: Plan) -> tuple[jax.Array, jax.Array | None]:
     r"""The Hessian of V = Σₙ cₙℓₙ applied to a direction (V_W, V_b) (``docs/derivation.md`` §8).
 
@@ -499,8 +522,8 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features, labels, coef: RowVal
 
     def step(i, carry, size=rows):
         start = i * rows
-        x, y, c = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (X, labels, coef))
-        return block(carry, x, y, c)
+        y, c = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (labels, coef))
+        return block(carry, row_chunk(X, start, size), y, c)
 
     carry = lax.fori_loop(0, n_full, step, carry)
     if rem:

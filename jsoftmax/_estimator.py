@@ -29,7 +29,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _checkpoint
+from . import _checkpoint, _sparse
 from ._compat import enable_x64
 from ._api import predict, predict_proba
 from ._train import fit
@@ -56,13 +56,20 @@ def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """X, labels and weights padded with zero-weight rows to :func:`row_bucket` (unchanged when
     the padded X would exceed ``ROW_BUCKET_MAX_BYTES``). Zero-weight rows leave every sum
-    exactly (the engine skips rows whose coefficient is 0), so the fit is the same."""
+    exactly (the engine skips rows whose coefficient is 0), so the fit is the same. A sparse X
+    gets empty rows (no stored entries), whatever its size."""
     n, d = X.shape
     rows = row_bucket(n)
-    if rows == n or rows * d * np.dtype(dtype).itemsize > ROW_BUCKET_MAX_BYTES:
-        return np.asarray(X, dtype), y_ids, sample_weight
-    padded = np.zeros((rows, d), dtype)
-    padded[:n] = X
+    sparse = _sparse.is_sparse(X)
+    if rows == n or (not sparse and rows * d * np.dtype(dtype).itemsize > ROW_BUCKET_MAX_BYTES):
+        return (X.astype(dtype) if sparse else np.asarray(X, dtype)), y_ids, sample_weight
+    if sparse:
+        import scipy.sparse as sp
+
+        padded = sp.vstack([X.astype(dtype), sp.csr_matrix((rows - n, d), dtype=dtype)], format="csr")
+    else:
+        padded = np.zeros((rows, d), dtype)
+        padded[:n] = X
     return (padded, np.concatenate([y_ids, np.zeros(rows - n, y_ids.dtype)]),
             np.concatenate([sample_weight, np.zeros(rows - n, sample_weight.dtype)]))
 
@@ -95,7 +102,11 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None) -> str:
 
 def column_moments(X: np.ndarray, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation in float64, over blocks of rows (default: 16 MiB
-    of float64 each): no N×D temporary (numpy's ``std`` would build X − mean whole)."""
+    of float64 each): no N×D temporary (numpy's ``std`` would build X − mean whole). A sparse X
+    is scaled without centring (mean 0, as ``StandardScaler(with_mean=False)``): centring would
+    fill in every zero."""
+    if _sparse.is_sparse(X):
+        return _sparse.column_moments(_sparse.as_csr(X))
     n = X.shape[0]
     block_rows = block_rows or max(1, 2**21 // max(X.shape[1], 1))
     mean = X.sum(axis=0, dtype=np.float64) / n
@@ -232,7 +243,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         :func:`jsoftmax.fit` (progress reports; atomic checkpoints of the training state).
         """
         self._check_params()
-        X, y = validate_data(self, X, y, dtype=self._input_dtypes(), ensure_min_samples=1)
+        X, y = validate_data(self, X, y, dtype=self._input_dtypes(), ensure_min_samples=1,
+                             accept_sparse="csr")
         check_classification_targets(y)
         classes, y_ids = np.unique(y, return_inverse=True)
         if len(classes) < 2:
@@ -270,13 +282,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if self.fit_intercept:
                 b0 = jnp.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
             minibatch = self.batch_size is not None
+            if minibatch and _sparse.is_sparse(X):
+                raise ValueError("`batch_size` (minibatches) is not supported for sparse X; use the "
+                                 "full-batch solvers 'lbfgs' or 'newton-cg'.")
             X_fit, y_fit, w_fit = ((np.asarray(X, dtype), y_ids, sample_weight) if minibatch
                                    else pad_rows(X, y_ids, sample_weight, dtype))
             # X goes to the device once, in the fit's dtype; standardisation is folded into
             # the weights (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
             result = fit(
                 Params(W0, b0),
-                jax.device_put(X_fit),  # one copy (jnp.asarray makes two)
+                X_fit if _sparse.is_sparse(X_fit) else jax.device_put(X_fit),  # one copy
                 jnp.asarray(y_fit, jnp.int32),
                 **solver,
                 sample_weight=jnp.asarray(w_fit, dtype),
@@ -343,7 +358,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def _features(self, X: Any):
         check_is_fitted(self)
-        return validate_data(self, X, dtype=self._input_dtypes(), reset=False)
+        return validate_data(self, X, dtype=self._input_dtypes(), reset=False, accept_sparse="csr")
 
     def _run(self, function, X):
         """``function(params, X)`` on the raw features with the folded coefficients, in the
@@ -353,13 +368,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
             b = None if b is None else jnp.asarray(b, dtype)
-            return np.asarray(function(Params(jnp.asarray(W, dtype), b), jnp.asarray(X, dtype)))
+            X = X.astype(dtype) if _sparse.is_sparse(X) else jnp.asarray(X, dtype)
+            return np.asarray(function(Params(jnp.asarray(W, dtype), b), X))
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
         X = self._features(X)  # checks fitted-ness first
         W, b = self._raw_coefficients()
-        scores = X @ W + (0 if b is None else b)
+        scores = np.asarray(X @ W) + (0 if b is None else b)
         if len(self.classes_) == 2:
             return scores[:, 1] - scores[:, 0]
         return scores
@@ -370,9 +386,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log class probabilities, computed stably from the scores."""
-        X = np.asarray(self._features(X), np.float64)  # checks fitted-ness first
+        X = self._features(X)  # checks fitted-ness first
+        X = X.astype(np.float64) if _sparse.is_sparse(X) else np.asarray(X, np.float64)
         W, b = self._raw_coefficients()
-        z = X @ W + (0 if b is None else b)
+        z = np.asarray(X @ W) + (0 if b is None else b)
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 

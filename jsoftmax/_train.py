@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import _api, _checkpoint, _engine, _solvers, _validate
+from . import _api, _checkpoint, _engine, _solvers, _sparse, _validate
 from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights, accumulation_dtype
 
 
@@ -205,7 +205,9 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
 
     # Keep the probabilities for the CG steps of an outer iteration when N×K fits the budget.
     n_classes = carry[1].W.shape[1]
-    keep = X.shape[0] * n_classes * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES
+    # (A sparse X is reread each time: its products are cheap next to the kept N×K.)
+    keep = (not isinstance(X, _sparse.SparseRows)
+            and X.shape[0] * n_classes * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES)
 
     def make_hvp(params):
         params = _in_dtype(params, X.dtype)

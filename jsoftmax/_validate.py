@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _sparse
 from ._compat import is_tracer
 from ._types import Params
 
@@ -33,11 +34,12 @@ _FLOAT_DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)
 
 
 class Problem(NamedTuple):
-    """Validated, array-converted inputs of one risk evaluation."""
+    """Validated, array-converted inputs of one risk evaluation (a sparse X arrives as a host
+    :class:`~jsoftmax._sparse.CSR`, laid out for the engine once the plan is known)."""
 
     W: jax.Array
     b: jax.Array | None
-    X: jax.Array
+    X: Any
     labels: jax.Array
     sample_weight: jax.Array | None
     soft: bool  # labels are (N, K) probability rows rather than (N,) class ids
@@ -127,9 +129,10 @@ def check_direction(V: Any, params: Any, W: jax.Array, b: jax.Array | None
 
 
 def prepare_features(params: Any, X: Any) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """Validate ``params`` and ``X`` (shape, dtype, agreement); return ``W, b, X``."""
+    """Validate ``params`` and ``X`` (shape, dtype, agreement); return ``W, b, X``. A sparse
+    ``X`` (scipy.sparse, BCOO, BCSR) comes back as a canonical host CSR (see ``_sparse``)."""
     W, b = split_params(params)
-    X = _as_array(X, "X")
+    X = _sparse.as_csr(X, "X") if _sparse.is_sparse(X) else _as_array(X, "X")
     if X.ndim != 2:
         raise ValueError(f"`X` must be 2-D with shape (n_samples, n_features); got shape {X.shape}.")
     _require_float(X, "X")
@@ -305,11 +308,12 @@ _SOFT_ROW_SUM_TOL = {2: 2e-2, 4: 1e-4, 8: 1e-6}  # by itemsize: 16-bit, float32,
 
 @partial(jax.jit, static_argnames=("n_classes", "soft", "ignore_index"))
 def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
-    """A few scalars that say whether the data is valid (one fused pass, no N-sized output)."""
-    n = X.shape[0]
+    """A few scalars that say whether the data is valid (one fused pass, no N-sized output).
+    ``X`` None: its values were checked elsewhere (a sparse X, on the host)."""
+    n = labels.shape[0]
     # max|X| is one fused reduction (NaN propagates through max); all(isfinite(X)) would make
     # XLA on CPU materialise an N×D boolean mask first.
-    summary = {"x_finite": jnp.isfinite(jnp.max(jnp.abs(X)))}
+    summary = {"x_finite": jnp.array(True) if X is None else jnp.isfinite(jnp.max(jnp.abs(X)))}
     if soft:
         y = labels.astype(jnp.float32 if labels.dtype.itemsize < 4 else labels.dtype)
         row_sum = jnp.sum(y, axis=1)
@@ -402,10 +406,24 @@ def check_params(W, b, **options: tuple[Any, float, float]) -> None:
         _raise_if_bad_params(jax.device_get(summary), options=bounds)
 
 
+def check_sparse_values(X: _sparse.CSR, name: str = "X") -> None:
+    """A sparse X's stored values must be finite (checked on the host, where they are)."""
+    bad = ~np.isfinite(X.data)
+    if bad.any():
+        entry = int(np.argmax(bad))
+        row = int(np.searchsorted(X.indptr, entry, side="right") - 1)
+        raise ValueError(f"sparse `{name}` stores {int(bad.sum())} NaN or inf value(s) (first: row {row}, "
+                         f"column {int(X.indices[entry])}, value {X.data[entry]}); clean or impute the "
+                         "features first.")
+
+
 def check_values(problem: Problem, ignore_index: int) -> None:
     """Raise ``ValueError`` now (concrete data) or at run time (traced data); see module doc."""
     X, labels, sample_weight = problem.X, problem.labels, problem.sample_weight
     kwargs = dict(soft=problem.soft, n_classes=problem.W.shape[1], ignore_index=ignore_index)
+    if isinstance(X, _sparse.CSR):
+        check_sparse_values(X)
+        X = None
     if any(is_tracer(a) for a in (X, labels, sample_weight)):
         summary = _value_summary(X, labels, sample_weight, **kwargs)
         jax.debug.callback(partial(_raise_if_invalid, **kwargs), summary)

@@ -72,12 +72,12 @@ def test_svmlight(tmp_path):
     path = tmp_path / "d.svm"
     path.write_text("# comment\n1 1:0.5 3:2\n2 2:1.5  # trailing comment\n\n1 4:-1\n")
     X, y = _data.load_file(path)
-    np.testing.assert_array_equal(X, [[0.5, 0, 2, 0], [0, 1.5, 0, 0], [0, 0, 0, -1]])
+    np.testing.assert_array_equal(X.toarray(), [[0.5, 0, 2, 0], [0, 1.5, 0, 0], [0, 0, 0, -1]])
     assert y.tolist() == [1, 2, 1]
     zero = tmp_path / "z.libsvm"
     zero.write_text("0 0:1 2:3\n1 1:2\n")
     X, _ = _data.load_file(zero)  # index 0 present: zero-based
-    np.testing.assert_array_equal(X, [[1, 0, 3], [0, 2, 0]])
+    np.testing.assert_array_equal(X.toarray(), [[1, 0, 3], [0, 2, 0]])
     bad = tmp_path / "bad.svm"
     bad.write_text("1 1:0.5\n0 2=3\n")
     with pytest.raises(ValueError, match=r"bad.svm, line 2: malformed feature '2=3'"):
