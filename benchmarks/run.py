@@ -1,7 +1,7 @@
 """Run benchmark suites and write JSON + markdown under benchmarks/results/.
 
     python -m benchmarks.run                 # every suite at full size
-    python -m benchmarks.run --suite fit     # one suite
+    python -m benchmarks.run --suite fit     # one suite (hot, memory, fit, search, sparse, scaling)
     python -m benchmarks.run --quick         # smaller sizes (a smoke run)
 """
 
@@ -13,7 +13,7 @@ import sys
 
 from . import common
 
-SUITES = ("hot", "memory", "fit", "search", "scaling")
+SUITES = ("hot", "memory", "fit", "search", "sparse", "scaling")
 
 
 def main(argv=None) -> int:

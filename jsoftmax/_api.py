@@ -81,8 +81,9 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     if sparse and class_chunk is not None:
         raise ValueError("`class_chunk_size` is not supported for a sparse X: its chunks hold all "
                          "K classes (text problems have few).")
-    if sparse and mesh is not None:
-        raise ValueError("a sparse X cannot be sharded over a `mesh` yet; pass a dense X or no mesh.")
+    if sparse and mesh is not None and (class_axis is not None or data_axis is None):
+        raise ValueError("a sparse X is sharded over its rows only: give `data_axis` and no "
+                         "`class_axis`.")
     placed = _mesh.place_inputs(mesh, data_axis, class_axis, W=problem.W, b=problem.b,
                                 X=None if sparse else problem.X, labels=problem.labels,
                                 sample_weight=problem.sample_weight)
@@ -101,8 +102,13 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                              mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis,
                              grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward),
                              sparse_indptr=problem.X.indptr if sparse else None)
-    if sparse:  # laid out for the plan's chunks, on the device
-        problem = problem._replace(X=_sparse.chunked_rows(problem.X, plan.chunk_rows))
+    if sparse:  # laid out for the plan's chunks, on the device (each device its own rows)
+        blocks, sharding = 1, None
+        if plan.mesh is not None:
+            blocks = plan.mesh.shape[data_axis]
+            sharding = jax.sharding.NamedSharding(plan.mesh, jax.sharding.PartitionSpec(data_axis))
+        problem = problem._replace(X=_sparse.chunked_rows(problem.X, plan.chunk_rows, blocks=blocks,
+                                                          sharding=sharding))
     return problem, spec, plan
 
 
@@ -371,17 +377,19 @@ def curvature(params: Params, X: Features, labels: Labels, sample_weight: RowVal
     instead of three. Holds N×K numbers: for problems where that fits in memory."""
     acc = accumulation_dtype(X.dtype)
     coef = _rows.row_coefficients(labels, sample_weight, spec, acc)
-    P = jax.nn.softmax(_engine.scores(params.W, params.b, X), axis=-1)
+    P = jax.nn.softmax(_engine.all_scores(params.W, params.b, X), axis=-1)
     t_sum = _rows.target_sum(labels, spec, jnp.asarray(eps, acc), acc)
     return P, coef if t_sum is None else coef * t_sum
 
 
 def cached_hvp(P: jax.Array, r: jax.Array, X: Features, V: Params) -> Params:
     """H·V of the loss (no penalty) from :func:`curvature`'s P and r (``docs/derivation.md`` §8)."""
-    A = _engine.scores(V.W, V.b, X)
+    if isinstance(X, _sparse.SparseRows):
+        return Params(*_engine.cached_hessian_vector(P, r, X, V.W, V.b))
+    A = _engine.all_scores(V.W, V.b, X)
     h = P * (A - jnp.sum(P * A, axis=-1, keepdims=True))
     h = jnp.where(r[:, None] != 0, r[:, None] * h, 0)
-    HW = _engine.matmul(X.T, h.astype(X.dtype))
+    HW = _engine.transposed_product(X, h)
     return Params(HW, None if V.b is None else jnp.sum(h, axis=0))
 
 

@@ -437,18 +437,72 @@ def row_chunk(X, start, size: int):
     return X if (size == X.shape[0] and isinstance(start, int)) else lax.dynamic_slice_in_dim(X, start, size, axis=0)
 
 
+def _over_chunks(X: _sparse.SparseRows, body, carry):
+    """``carry = body(carry, start, chunk)`` over the chunks of a sparse X (the last may be short)."""
+    n, c = X.shape[0], X.chunk_rows
+    n_full, rem = divmod(n, c)
+    carry = lax.fori_loop(0, n_full, lambda i, carry: body(carry, i * c, X.chunk(i * c, c)), carry)
+    return body(carry, n_full * c, X.chunk(n_full * c, rem)) if rem else carry
+
+
+def all_scores(W: Weights, b: Bias | None, X) -> Scores:
+    """Z = XW + b for every row, (N, K): for callers that keep all N×K values anyway."""
+    if not isinstance(X, _sparse.SparseRows):
+        return scores(W, b, X)
+
+    def body(Z, start, chunk):
+        return lax.dynamic_update_slice_in_dim(Z, scores(W, b, chunk).astype(Z.dtype), start, 0)
+
+    return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
+
+
+def transposed_product(X, H: jax.Array) -> jax.Array:
+    """Xᵀ·H, (D, K), for a dense or sparse X and H (N, K)."""
+    if not isinstance(X, _sparse.SparseRows):
+        return matmul(X.T, H.astype(X.dtype))
+
+    def body(G, start, chunk):
+        part = lax.dynamic_slice_in_dim(H, start, chunk.shape[0], axis=0)
+        return G + _sparse.transposed_product(chunk, part).astype(G.dtype)
+
+    return _over_chunks(X, body, jnp.zeros((X.shape[1], H.shape[1]), accumulation_dtype(X.dtype)))
+
+
+def cached_hessian_vector(P: jax.Array, r: jax.Array, X: _sparse.SparseRows, VW: Weights,
+                          Vb: Bias | None) -> tuple[jax.Array, jax.Array | None]:
+    """H·V of the loss from kept probabilities P (N, K) and row factors r (N,) (``docs/
+    derivation.md`` §8), chunk by chunk over a sparse X, so no other N×K array is formed."""
+
+    def body(carry, start, chunk):
+        HW, Hb = carry
+        size = chunk.shape[0]
+        p, rows = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (P, r))
+        a = scores(VW, Vb, chunk)
+        h = p * (a - jnp.sum(p * a, axis=-1, keepdims=True))
+        h = jnp.where(rows[:, None] != 0, rows[:, None] * h, 0)
+        HW = HW + _sparse.transposed_product(chunk, h).astype(HW.dtype)
+        return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)
+
+    init = (jnp.zeros(VW.shape, P.dtype), None if Vb is None else jnp.zeros(Vb.shape, P.dtype))
+    return _over_chunks(X, body, init)
+
+
 def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -> Evaluation:
     d_axis, c_axis = plan.data_axis, plan.class_axis
     layout = partition_specs(d_axis, c_axis, spec.soft)
     args = {"W": W, "b": b, "X": X, "labels": labels, "coef": coef, "lse": lse,
             "eps": jnp.asarray(eps), "zeta": jnp.asarray(zeta)}
-    args = {name: constrain(value, plan.mesh, layout[name]) for name, value in args.items()
-            if value is not None}
+    sparse = isinstance(X, _sparse.SparseRows)  # laid out per device already (leading block axis)
+    args = {name: value if (name == "X" and sparse) else constrain(value, plan.mesh, layout[name])
+            for name, value in args.items() if value is not None}
     in_specs = {name: layout[name] for name in args}
+    if sparse:
+        in_specs["X"] = jax.tree_util.tree_map(lambda _: P(d_axis), X)
 
     def local(a):
         start = lax.axis_index(c_axis) * a["W"].shape[1] if c_axis else 0
-        ev = _evaluate_local(a["W"], a.get("b"), a["X"], a["labels"], a["coef"], a["eps"],
+        x = a["X"].local() if sparse else a["X"]
+        ev = _evaluate_local(a["W"], a.get("b"), x, a["labels"], a["coef"], a["eps"],
                              a["zeta"], spec, plan, want, a.get("lse"), start, c_axis)
         if d_axis:  # the rows' sums over the devices holding the other rows
             ev = ev._replace(value=lax.psum(ev.value, d_axis),

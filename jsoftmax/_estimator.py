@@ -57,12 +57,13 @@ def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype
     """X, labels and weights padded with zero-weight rows to :func:`row_bucket` (unchanged when
     the padded X would exceed ``ROW_BUCKET_MAX_BYTES``). Zero-weight rows leave every sum
     exactly (the engine skips rows whose coefficient is 0), so the fit is the same. A sparse X
-    gets empty rows (no stored entries), whatever its size."""
+    gets empty rows (no stored entries) while its CSR arrays stay within the same bound."""
     n, d = X.shape
     rows = row_bucket(n)
     sparse = _sparse.is_sparse(X)
-    if rows == n or (not sparse and rows * d * np.dtype(dtype).itemsize > ROW_BUCKET_MAX_BYTES):
-        return (X.astype(dtype) if sparse else np.asarray(X, dtype)), y_ids, sample_weight
+    size = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) if sparse else rows * d * np.dtype(dtype).itemsize
+    if rows == n or size > ROW_BUCKET_MAX_BYTES:
+        return (X.astype(dtype, copy=False) if sparse else np.asarray(X, dtype)), y_ids, sample_weight
     if sparse:
         import scipy.sparse as sp
 
@@ -86,8 +87,9 @@ def make_optimizer(solver: str, learning_rate: float) -> optax.GradientTransform
                      "or pass an optax.GradientTransformation.")
 
 
-def choose_solver(n: int, d: int, k: int, batch_size: int | None) -> str:
-    """The solver ``solver="auto"`` picks: "adam" for minibatches, else "lbfgs".
+def choose_solver(n: int, d: int, k: int, batch_size: int | None, sparse: bool = False) -> str:
+    """The solver ``solver="auto"`` picks: "adam" for minibatches, "newton-cg" for sparse X,
+    else "lbfgs".
 
     Measured on this project's CPU (``benchmarks/results/fit-cpu.md``, float64, the fit suite's
     digits, 50k×128×20 and 100k×256×50 at tol 1e-4 and 1e-6): the lean L-BFGS took 0.59–0.72×
@@ -95,9 +97,15 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None) -> str:
     fewer outer iterations, but each CG step costs an HVP. The arguments are the problem's
     shape, so that the rule can grow with the measurements (e.g. ill-conditioned problems,
     where Newton-CG's iteration count matters most).
+
+    Sparse (text) problems have many features, where L-BFGS's history of 2 × 10 (D, K) arrays
+    outgrows the data, and there Newton-CG was faster too (``benchmarks/results/sparse-cpu.md``:
+    the news20-shaped problem 1.4 s against L-BFGS's 7.9 s).
     """
-    del n, d, k  # no measured shape favours Newton-CG by enough to switch yet
-    return "adam" if batch_size is not None else "lbfgs"
+    del n, d, k  # no measured dense shape favours Newton-CG by enough to switch yet
+    if batch_size is not None:
+        return "adam"
+    return "newton-cg" if sparse else "lbfgs"
 
 
 def column_moments(X: np.ndarray, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +114,7 @@ def column_moments(X: np.ndarray, block_rows: int | None = None) -> tuple[np.nda
     is scaled without centring (mean 0, as ``StandardScaler(with_mean=False)``): centring would
     fill in every zero."""
     if _sparse.is_sparse(X):
-        return _sparse.column_moments(_sparse.as_csr(X))
+        return _sparse.column_moments(X)
     n = X.shape[0]
     block_rows = block_rows or max(1, 2**21 // max(X.shape[1], 1))
     mean = X.sum(axis=0, dtype=np.float64) / n
@@ -184,10 +192,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     # --- fitting ------------------------------------------------------------------------
 
-    def _optimizer(self, n: int, d: int, k: int) -> dict[str, Any]:
+    def _optimizer(self, n: int, d: int, k: int, sparse: bool = False) -> dict[str, Any]:
         """``fit``'s solver keywords: ``solver=`` a built-in name or ``optimizer=`` optax's."""
         if isinstance(self.solver, str):
-            solver = choose_solver(n, d, k, self.batch_size) if self.solver == "auto" else self.solver
+            solver = choose_solver(n, d, k, self.batch_size, sparse) if self.solver == "auto" else self.solver
             if solver in FULL_BATCH_SOLVERS:
                 if self.batch_size is not None:
                     raise ValueError(f"solver={solver!r} is full-batch: set batch_size=None, or use "
@@ -265,7 +273,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             self.mean_, scale = column_moments(X)
             self.scale_ = np.where(scale > 0, scale, 1.0)
         n_classes, n_features = len(classes), X.shape[1]
-        solver = self._optimizer(X.shape[0], n_features, n_classes)
+        solver = self._optimizer(X.shape[0], n_features, n_classes, _sparse.is_sparse(X))
         binary = n_classes == 2
         l2 = (2.0 if binary else 1.0) / (self.C * total)
 

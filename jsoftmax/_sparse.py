@@ -7,8 +7,9 @@ the number of stored entries, and the engine's row chunks still bound the live s
 any format, ``jax.experimental.sparse`` BCOO or BCSR) into canonical CSR — duplicates summed,
 indices sorted, everything checked — and :func:`chunked_rows` lays it out for the engine:
 
-* for each chunk of ``chunk_rows`` rows, its rows in CSR (a (rows, D) BCSR), padded to a fixed
-  number of entries ``window`` (the largest chunk's), so every chunk has the same shapes;
+* X's own CSR arrays, from which each chunk of ``chunk_rows`` rows reads a fixed-size window of
+  ``window`` entries (the largest chunk's) as a (rows, D) BCSR, so every chunk has the same
+  shapes without a padded copy;
 * for each chunk, the same entries transposed, CSR of the (D, rows) matrix Xᵀ, so that
   Xᵀ·dZ of a chunk is again a CSR × dense product.
 
@@ -113,15 +114,33 @@ def as_csr(X: Any, name: str = "X") -> CSR:
     _check_dtype(X.dtype, name)
     if X.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n_samples, n_features); got shape {X.shape}.")
-    csr = sp.csr_matrix(X, copy=True)  # sum_duplicates and sort_indices below work in place
+    csr = sp.csr_matrix(X)  # no copy of a CSR input
     try:
         csr.check_format(full_check=True)
     except ValueError as err:
         raise ValueError(f"sparse `{name}` is not a valid CSR matrix: {err}") from None
-    csr.sum_duplicates()  # also sorts the indices; explicit zeros stay (they change nothing)
+    if not _canonical(csr):  # sorted, no duplicates: else work on a copy
+        csr = csr.copy()
+        csr.sum_duplicates()  # also sorts the indices; explicit zeros stay (they change nothing)
+    if csr.nnz >= 2**31:
+        raise ValueError(f"sparse `{name}` stores {csr.nnz} entries; at most 2**31 - 1 are supported.")
     if csr.shape[1] >= 2**31:
         raise ValueError(f"sparse `{name}` has {csr.shape[1]} columns; at most 2**31 - 1 are supported.")
-    return CSR(csr.indptr.astype(np.int64), csr.indices.astype(np.int32), csr.data, csr.shape)
+    # float64 data without jax_enable_x64 becomes float32, as a dense X does on the device.
+    data = csr.data.astype(jax.dtypes.canonicalize_dtype(csr.dtype), copy=False)
+    return CSR(csr.indptr.astype(np.int64, copy=False), csr.indices.astype(np.int32, copy=False),
+               data, csr.shape)
+
+
+def _canonical(csr) -> bool:
+    """Indices strictly increasing within every row (sorted, no duplicates), checked in one
+    vectorised pass (scipy's ``has_canonical_format`` flag is not kept by ``load_npz``)."""
+    if csr.nnz < 2:
+        return True
+    increasing = np.diff(csr.indices.astype(np.int64)) > 0
+    row_starts = np.zeros(csr.nnz, bool)
+    row_starts[csr.indptr[1:-1][csr.indptr[1:-1] < csr.nnz]] = True  # a new row may go down
+    return bool(np.all(increasing | row_starts[1:]))
 
 
 def _check_dtype(dtype, name: str) -> None:
@@ -139,22 +158,26 @@ def max_chunk_entries(indptr: np.ndarray, rows: int) -> int:
 
 @jax.tree_util.register_pytree_node_class
 class SparseRows:
-    """Sparse X (N, D) laid out in chunks of ``chunk_rows`` rows for the engine (see module doc).
+    """Sparse X (N, D) laid out for the engine's chunks of ``chunk_rows`` rows (see module doc).
 
-    Leaves, for C = ceil(N / chunk_rows) chunks of at most ``window`` entries each:
-    ``data``, ``indices`` (C, window): the chunks' rows in CSR; ``indptr`` (C, chunk_rows + 1);
-    ``t_data``, ``t_indices`` (C, window) and ``t_indptr`` (C, D + 1): the same entries as CSR of
-    each chunk's transpose (None when only scores are needed, as for prediction).
+    Leaves: ``data``, ``indices``, ``indptr``: X itself in CSR (flat, as the caller had it);
+    ``t_data``, ``t_indices``: the same entries ordered chunk by chunk and, within a chunk, by
+    column (row ids local to the chunk), with ``t_offsets`` (C,) where each chunk starts and
+    ``t_indptr`` (C, D + 1) its column pointers (None when only scores are needed). A chunk
+    reads a window of ``window`` entries (the most any chunk holds) from the flat arrays, so no
+    padded copy is made.
     """
 
-    def __init__(self, data, indices, indptr, t_data, t_indices, t_indptr, shape, chunk_rows, window):
+    def __init__(self, data, indices, indptr, t_data, t_indices, t_indptr, t_offsets, shape,
+                 chunk_rows, window, blocks=1):
         self.data, self.indices, self.indptr = data, indices, indptr
-        self.t_data, self.t_indices, self.t_indptr = t_data, t_indices, t_indptr
+        self.t_data, self.t_indices, self.t_indptr, self.t_offsets = t_data, t_indices, t_indptr, t_offsets
         self.shape, self.chunk_rows, self.window = tuple(shape), int(chunk_rows), int(window)
+        self.blocks = int(blocks)  # >1: every leaf has a leading axis of row blocks (devices)
 
     def tree_flatten(self):
-        return ((self.data, self.indices, self.indptr, self.t_data, self.t_indices, self.t_indptr),
-                (self.shape, self.chunk_rows, self.window))
+        return ((self.data, self.indices, self.indptr, self.t_data, self.t_indices, self.t_indptr,
+                 self.t_offsets), (self.shape, self.chunk_rows, self.window, self.blocks))
 
     @classmethod
     def tree_unflatten(cls, aux, leaves):
@@ -168,17 +191,30 @@ class SparseRows:
     def ndim(self) -> int:
         return 2
 
+    def local(self) -> SparseRows:
+        """The block one device holds, inside ``shard_map`` (leaves of leading size 1)."""
+        leaves = [None if a is None else a[0] for a in self.tree_flatten()[0]]
+        return SparseRows(*leaves, (self.shape[0] // self.blocks, self.shape[1]), self.chunk_rows,
+                          self.window)
+
     def chunk(self, start, size: int) -> SparseChunk:
         """Rows ``[start, start + size)``; ``start`` a multiple of ``chunk_rows`` (may be traced)."""
         jsparse = _jsparse()
-        index = start // self.chunk_rows
-        take = lambda a: lax.dynamic_index_in_dim(a, index, keepdims=False)  # noqa: E731
-        d = self.shape[1]
-        rows = jsparse.BCSR((take(self.data), take(self.indices), take(self.indptr)[: size + 1]),
-                            shape=(size, d))
+        d, total = self.shape[1], self.data.shape[0]
+        first = self.indptr[start]
+        # The window starts at the chunk's first entry, or earlier near the end of the arrays;
+        # the local row pointers skip what lies before the chunk.
+        at = jnp.minimum(first, total - self.window)
+        window = lambda a, at: lax.dynamic_slice_in_dim(a, at, self.window)  # noqa: E731
+        local = lax.dynamic_slice_in_dim(self.indptr, start, size + 1) - at
+        rows = jsparse.BCSR((window(self.data, at), window(self.indices, at), local), shape=(size, d))
         transposed = None
         if self.t_data is not None:
-            transposed = jsparse.BCSR((take(self.t_data), take(self.t_indices), take(self.t_indptr)),
+            index = start // self.chunk_rows
+            t_first = self.t_offsets[index]
+            t_at = jnp.minimum(t_first, total - self.window)
+            t_local = lax.dynamic_index_in_dim(self.t_indptr, index, keepdims=False) + (t_first - t_at)
+            transposed = jsparse.BCSR((window(self.t_data, t_at), window(self.t_indices, t_at), t_local),
                                       shape=(d, size))
         return SparseChunk(rows, transposed)
 
@@ -198,37 +234,60 @@ class SparseChunk(NamedTuple):
         return self.rows.shape
 
 
-def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True) -> SparseRows:
-    """Lay ``csr`` out for the engine in chunks of ``chunk_rows`` rows (arrays on the device)."""
+def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: int = 1,
+                 sharding=None) -> SparseRows:
+    """Lay ``csr`` out for the engine in chunks of ``chunk_rows`` rows, on the device. The rows
+    go over as they are; the transposed copy is built chunk by chunk into one host buffer.
+
+    ``blocks`` > 1 splits the rows into that many equal blocks, one per device of a data axis,
+    each laid out on its own (padded to the largest block) and stacked along a leading axis
+    placed by ``sharding``.
+    """
     n, d = csr.shape
-    c = max(1, min(chunk_rows, n))
+    c = max(1, min(chunk_rows, n // blocks))
+    if blocks == 1:
+        leaves, window = _host_layout(csr.indptr, csr.indices, csr.data, d, c, transposed)
+    else:
+        size = n // blocks
+        parts = []
+        for i in range(blocks):
+            lo, hi = int(csr.indptr[i * size]), int(csr.indptr[(i + 1) * size])
+            parts.append(_host_layout(csr.indptr[i * size:(i + 1) * size + 1] - lo, csr.indices[lo:hi],
+                                      csr.data[lo:hi], d, c, transposed))
+        window = max(w for _, w in parts)
+        longest = max(p[0][0].shape[0] for p in parts)
+        padded = [[None if a is None else (np.pad(a, (0, longest - a.shape[0])) if j in (0, 1, 3, 4) else a)
+                   for j, a in enumerate(leaves)] for leaves, _ in parts]
+        leaves = [None if padded[0][j] is None else np.stack([p[j] for p in padded])
+                  for j in range(len(padded[0]))]
+    put = lambda a: None if a is None else jax.device_put(a, sharding)  # noqa: E731
+    return SparseRows(*map(put, leaves), (n, d), c, window, blocks)
+
+
+def _host_layout(indptr, indices, data, d: int, c: int, transposed: bool):
+    """The leaves of one block of rows as host arrays, and its window (see :class:`SparseRows`)."""
+    n = indptr.shape[0] - 1
     n_chunks = -(-n // c)
-    window = max(1, max_chunk_entries(csr.indptr, c))
-    data = np.zeros((n_chunks, window), csr.dtype)
-    indices = np.zeros((n_chunks, window), np.int32)
-    indptr = np.zeros((n_chunks, c + 1), np.int32)
-    t_data = np.zeros((n_chunks, window), csr.dtype) if transposed else None
-    t_indices = np.zeros((n_chunks, window), np.int32) if transposed else None
-    t_indptr = np.zeros((n_chunks, d + 1), np.int32) if transposed else None
-    for i in range(n_chunks):
-        lo, hi = i * c, min((i + 1) * c, n)
-        first, last = int(csr.indptr[lo]), int(csr.indptr[hi])
-        count = last - first
-        local = csr.indptr[lo:hi + 1] - first
-        indptr[i, : hi - lo + 1] = local
-        indptr[i, hi - lo + 1:] = count  # rows past the end of the last chunk are empty
-        data[i, :count] = csr.data[first:last]
-        indices[i, :count] = csr.indices[first:last]
-        if transposed:
-            cols = csr.indices[first:last]
-            order = np.argsort(cols, kind="stable")  # by column, rows ascending within one
-            local_rows = np.repeat(np.arange(hi - lo, dtype=np.int32), np.diff(local))
-            t_data[i, :count] = csr.data[first:last][order]
-            t_indices[i, :count] = local_rows[order]
+    if data.shape[0] == 0:  # one stored zero, so that every window has an entry to point at
+        data, indices = np.zeros(1, data.dtype), np.zeros(1, np.int32)
+    window = max(1, max_chunk_entries(indptr, c))
+    t_parts = (None,) * 4
+    if transposed:
+        t_data = np.zeros_like(data)
+        t_indices = np.zeros(data.shape[0], np.int32)
+        t_indptr = np.zeros((n_chunks, d + 1), np.int32)
+        t_offsets = np.zeros(n_chunks, np.int32)
+        for i in range(n_chunks):
+            lo, hi = i * c, min((i + 1) * c, n)
+            first, last = int(indptr[lo]), int(indptr[hi])
+            cols = indices[first:last]
+            order = np.argsort(cols, kind="stable")  # by column; rows stay ascending within one
+            t_data[first:last] = data[first:last][order]
+            t_indices[first:last] = np.repeat(np.arange(hi - lo, dtype=np.int32), np.diff(indptr[lo:hi + 1]))[order]
             t_indptr[i, 1:] = np.cumsum(np.bincount(cols, minlength=d))
-    put = lambda a: None if a is None else jax.device_put(a)  # noqa: E731
-    return SparseRows(put(data), put(indices), put(indptr), put(t_data), put(t_indices), put(t_indptr),
-                      (n, d), c, window)
+            t_offsets[i] = first
+        t_parts = (t_data, t_indices, t_indptr, t_offsets)
+    return [data, indices, indptr.astype(np.int32), *t_parts], window
 
 
 def scores(chunk: SparseChunk, W: jax.Array) -> jax.Array:
@@ -246,9 +305,11 @@ def stored_values(X: SparseRows) -> jax.Array:
     return X.data
 
 
-def column_moments(csr: CSR) -> tuple[np.ndarray, np.ndarray]:
-    """(0, σ) per feature for scaling without centring (scikit-learn's
-    ``StandardScaler(with_mean=False)``): σ² = mean(x²) − mean(x)², from the stored entries."""
+def column_moments(X) -> tuple[np.ndarray, np.ndarray]:
+    """(0, σ) per feature of a scipy.sparse X for scaling without centring (scikit-learn's
+    ``StandardScaler(with_mean=False)``): σ² = mean(x²) − mean(x)², from the stored entries,
+    in float64."""
+    csr = X.tocsr()
     n, d = csr.shape
     sums = np.bincount(csr.indices, weights=csr.data.astype(np.float64), minlength=d)
     squares = np.bincount(csr.indices, weights=np.square(csr.data.astype(np.float64)), minlength=d)

@@ -205,9 +205,7 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
 
     # Keep the probabilities for the CG steps of an outer iteration when N×K fits the budget.
     n_classes = carry[1].W.shape[1]
-    # (A sparse X is reread each time: its products are cheap next to the kept N×K.)
-    keep = (not isinstance(X, _sparse.SparseRows)
-            and X.shape[0] * n_classes * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES)
+    keep = X.shape[0] * n_classes * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES
 
     def make_hvp(params):
         params = _in_dtype(params, X.dtype)
@@ -394,6 +392,13 @@ def fit(
         raise ValueError("`resume=True` needs `checkpoint_dir`.")
 
     W, b, X, labels, sample_weight, soft = problem
+    if isinstance(X, _sparse.SparseRows):
+        if batch_size is not None:
+            raise ValueError("`batch_size` (minibatches) is not supported for sparse X; use a "
+                             "full-batch solver ('lbfgs', 'newton-cg') or an optax optimizer without it.")
+        if mesh is not None and solver == "newton-cg":
+            raise ValueError("solver='newton-cg' is not supported for a sparse X sharded over a `mesh`; "
+                             "use solver='lbfgs'.")
     if batch_size is not None:  # each step's plan is for one batch of rows
         plan = _engine.make_plan(min(batch_size, X.shape[0]), *W.shape, mesh=plan.mesh,
                                  data_axis=data_axis, class_axis=class_axis)

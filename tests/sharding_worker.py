@@ -147,6 +147,41 @@ def bad_input(mesh):
     return out
 
 
+def sparse_rows(mesh):
+    """Data-parallel over rows with a sparse X (each device its own rows) against one device."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n, d, k = 64, 30, 6
+    X = sp.random(n, d, density=0.2, format="lil", random_state=0)
+    X[10, :] = 0  # an empty row
+    X = X.tocsr()
+    y = jnp.asarray(rng.integers(0, k, n))
+    p = jsoftmax.Params(jnp.asarray(rng.standard_normal((d, k))), jnp.asarray(rng.standard_normal(k)))
+    v0, g0 = jsoftmax.value_and_grad(p, X, y, l2=0.1)
+    f0 = jsoftmax.fit(p, X, y, solver="lbfgs", l2=0.1, tol=1e-10)
+    out = {}
+    for rows in (None, 5):  # 16 rows per device; chunks of 5 leave a remainder
+        sh = dict(mesh=mesh, data_axis="data", chunk_rows=rows)
+        v, g = jsoftmax.value_and_grad(p, X, y, l2=0.1, **sh)
+        out[f"chunks_{rows}"] = {"risk": rel(v, v0), "dW": rel(g.W, g0.W), "db": rel(g.b, g0.b)}
+    f = jsoftmax.fit(p, X, y, solver="lbfgs", l2=0.1, tol=1e-10, mesh=mesh, data_axis="data")
+    out["fit"] = {"W": rel(f.params.W, f0.params.W), "iters": [f.n_iter, f0.n_iter]}
+    refused = {}
+    for name, kwargs in {"class_axis": dict(class_axis="model"),
+                         "newton": dict(data_axis="data", solver="newton-cg")}.items():
+        try:
+            if name == "newton":
+                jsoftmax.fit(p, X, y, mesh=mesh, **kwargs)
+            else:
+                jsoftmax.risk(p, X, y, mesh=mesh, **kwargs)
+            refused[name] = "no error"
+        except (ValueError, TypeError) as err:
+            refused[name] = f"{type(err).__name__}: {err}"
+    out["refused"] = refused
+    return out
+
+
 def main():
     mesh = jax.make_mesh((4, 2), ("data", "model"))
     result = {"n_devices": len(jax.devices())}
@@ -158,6 +193,8 @@ def main():
     result["memory"] = memory(mesh)
     result["relayout"] = relayout(mesh)
     result["bad_input"] = bad_input(mesh)
+    with enable_x64():
+        result["sparse"] = sparse_rows(mesh)
     json.dump(result, sys.stdout)
 
 

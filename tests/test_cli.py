@@ -150,3 +150,34 @@ def test_killed_training_never_leaves_an_unloadable_checkpoint(tmp_path):
     a, b = SoftmaxRegression.load(resumed), SoftmaxRegression.load(straight)
     np.testing.assert_array_equal(a._W, b._W)  # the interrupted run ends exactly where one run does
     assert a.n_iter_[0] == b.n_iter_[0] == 150
+
+
+def test_train_predict_evaluate_on_a_libsvm_file_stay_sparse(tmp_path, capsys, monkeypatch):
+    import scipy.sparse as sp
+    from sklearn.datasets import dump_svmlight_file
+
+    from jsoftmax import _sparse
+
+    rng = np.random.default_rng(0)
+    X = sp.random(300, 2_000, density=0.01, format="csr", random_state=0)
+    y = np.asarray(X[:, :3].sum(axis=1)).ravel().argsort().argsort() % 3  # learnable from 3 columns
+    dump_svmlight_file(X, y, str(tmp_path / "train.svm"), zero_based=False)
+    # A file to predict whose largest index is below the model's width.
+    dump_svmlight_file(X[:5, :100], y[:5], str(tmp_path / "few.svm"), zero_based=False)
+    densified = []
+    real = _sparse.as_csr
+    monkeypatch.setattr(_sparse, "as_csr", lambda X, name="X": densified.append(type(X).__name__) or real(X, name))
+    model_path = tmp_path / "m.npz"
+    code, out, _ = run_cli(capsys, "train", str(tmp_path / "train.svm"), "--out", str(model_path), "--json")
+    assert code == 0
+    payload = json.loads(out)
+    data = payload["data"]
+    assert data["sparse"] and data["nnz"] == X.nnz and data["n_features"] == 2_000
+    assert data["density"] == pytest.approx(X.nnz / (300 * 2_000))
+    assert densified and all("matrix" in name or "CSR" in name for name in densified)  # sparse all the way
+    assert SoftmaxRegression.load(model_path).n_features_in_ == 2_000
+    code, out, _ = run_cli(capsys, "predict", str(model_path), str(tmp_path / "few.svm"), "--json")
+    assert code == 0 and len(json.loads(out)["predictions"]) == 5 and json.loads(out)["data"]["n_features"] == 2_000
+    code, out, _ = run_cli(capsys, "evaluate", str(model_path), str(tmp_path / "train.svm"), "--json")
+    assert code == 0 and json.loads(out)["data"]["sparse"] and 0 <= json.loads(out)["accuracy"] <= 1
+

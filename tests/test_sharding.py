@@ -119,3 +119,13 @@ def test_two_processes_train_like_one(tmp_path):
     assert n_iter == one.n_iter
     err = np.linalg.norm(W - np.asarray(one.params.W)) / np.linalg.norm(np.asarray(one.params.W))
     assert err <= 1e-5, err
+
+
+def test_sparse_x_shards_over_rows(report):
+    sparse = report["sparse"]
+    for chunks in ("chunks_None", "chunks_5"):
+        for quantity, err in sparse[chunks].items():
+            assert err <= TOL["float64"], (chunks, quantity, err)
+    assert sparse["fit"]["W"] <= 1e-9 and sparse["fit"]["iters"][0] == sparse["fit"]["iters"][1]
+    assert sparse["refused"]["class_axis"].startswith("ValueError: a sparse X is sharded over its rows only")
+    assert sparse["refused"]["newton"].startswith("ValueError: solver='newton-cg' is not supported for a sparse X")

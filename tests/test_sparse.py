@@ -240,7 +240,7 @@ def test_corrupt_scipy_indices_are_refused(x64):
         jsoftmax.risk(params, broken, y)
 
 
-def test_traced_sparse_x_and_sparse_with_a_mesh_or_class_blocks_are_refused():
+def test_traced_sparse_x_and_sparse_on_a_mesh_without_a_data_axis_or_with_class_blocks_are_refused():
     X, y, params, _ = sparse_problem(dtype=np.float32)
     params = jsoftmax.Params(params.W.astype(jnp.float32), params.b.astype(jnp.float32))
     bcoo = jsparse.BCOO.from_scipy_sparse(X)
@@ -248,9 +248,9 @@ def test_traced_sparse_x_and_sparse_with_a_mesh_or_class_blocks_are_refused():
         jax.jit(lambda Xs: jsoftmax.risk(params, Xs, y))(bcoo)
     with pytest.raises(ValueError, match=r"`class_chunk_size` is not supported for a sparse X"):
         jsoftmax.linear_cross_entropy(X, params.W, y, class_chunk_size=2)
-    mesh = jax.make_mesh((1,), ("data",))
-    with pytest.raises(ValueError, match=r"a sparse X cannot be sharded over a `mesh` yet"):
-        jsoftmax.risk(params, X, y, mesh=mesh, data_axis="data")
+    mesh = jax.make_mesh((1, 1), ("data", "model"))
+    with pytest.raises(ValueError, match=r"a sparse X is sharded over its rows only: give `data_axis`"):
+        jsoftmax.risk(params, X, y, mesh=mesh, data_axis="data", class_axis="model")
 
 
 def test_gradient_with_respect_to_a_sparse_x_is_refused():
