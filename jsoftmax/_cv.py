@@ -186,6 +186,11 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = final.coef_, final.intercept_
         return self
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # scipy.sparse X is fitted as it is (never densified)
+        return tags
+
     def _template(self, C: float) -> SoftmaxRegression:
         return SoftmaxRegression(C=C, fit_intercept=self.fit_intercept, class_weight=self.class_weight,
                                  max_iter=self.max_iter, tol=self.tol, solver=self.solver,

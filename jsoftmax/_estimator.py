@@ -190,6 +190,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.dtype = dtype
         self.random_state = random_state
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # scipy.sparse X is fitted as it is (never densified)
+        return tags
+
     # --- fitting ------------------------------------------------------------------------
 
     def _optimizer(self, n: int, d: int, k: int, sparse: bool = False) -> dict[str, Any]:

@@ -300,11 +300,6 @@ def transposed_product(chunk: SparseChunk, dz: jax.Array) -> jax.Array:
     return chunk.transposed @ dz.astype(chunk.dtype)
 
 
-def stored_values(X: SparseRows) -> jax.Array:
-    """Every stored value (padding included, which is 0): for the finiteness check."""
-    return X.data
-
-
 def column_moments(X) -> tuple[np.ndarray, np.ndarray]:
     """(0, σ) per feature of a scipy.sparse X for scaling without centring (scikit-learn's
     ``StandardScaler(with_mean=False)``): σ² = mean(x²) − mean(x)², from the stored entries,
