@@ -44,6 +44,7 @@ def accuracy(mesh, dtype, soft):
     l0, lg0 = jax.value_and_grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, bias=b, z_loss=1e-2), (0, 1))(X, W)
     n0 = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none").sum(), (0, 1))(X, W)
     f0 = jsoftmax.fit(p, X, y, optax.lbfgs(), l2=0.1, max_iter=5, tol=0.0)
+    _, pred0, acc0 = jsoftmax.linear_cross_entropy(X, W, y, bias=b, return_predictions=True, return_accuracy=True)
     out = {}
     for mode, (da, ca) in MODES.items():
         sh = dict(mesh=mesh, data_axis=da, class_axis=ca)
@@ -52,6 +53,8 @@ def accuracy(mesh, dtype, soft):
         l, lg = jax.value_and_grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, bias=b, z_loss=1e-2, **sh), (0, 1))(X, W)
         n = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none", **sh).sum(), (0, 1))(X, W)
         f = jsoftmax.fit(p, X, y, optax.lbfgs(), l2=0.1, max_iter=5, tol=0.0, **sh)
+        _, pred, acc = jsoftmax.linear_cross_entropy(X, W, y, bias=b, return_predictions=True,
+                                                     return_accuracy=True, **sh)
         # Several row chunks per device (8 or 16 rows per device, chunks of 3: with a remainder).
         vc, gc = jsoftmax.value_and_grad(p, X, y, chunk_rows=3, **kw, **sh)
         nc = jax.grad(lambda X, W: jsoftmax.linear_cross_entropy(X, W, y, reduction="none", chunk_size=3,
@@ -64,6 +67,8 @@ def accuracy(mesh, dtype, soft):
             "chunked_risk": rel(vc, v0), "chunked_dW": rel(gc.W, g0.W),
             "chunked_lce_none_dX": rel(nc[0], n0[0]), "chunked_lce_none_dW": rel(nc[1], n0[1]),
             "grad_W_spec": list(g.W.sharding.spec),
+            "predictions_equal": bool(np.array_equal(np.asarray(pred), np.asarray(pred0))),
+            "accuracy": rel(acc, acc0),
         }
     return out
 

@@ -37,6 +37,9 @@ def test_sharded_results_equal_single_device(report, precision, mode):
     for quantity, err in row.items():
         if quantity in ("fit_iters", "grad_W_spec"):
             continue
+        if quantity == "predictions_equal":  # arg-max across devices holding different classes
+            assert err is True, (mode, precision)
+            continue
         assert err <= TOL[precision], (quantity, err)
     assert row["fit_iters"][0] == row["fit_iters"][1]
 
