@@ -569,11 +569,12 @@ def _head_jit(W, b, X, labels, eps, zeta, spec: LossSpec, plan: Plan | None,
         out = loss(W, b, X, labels, None, eps, zeta, spec, plan, return_lse, need_predictions)
     if not (return_lse or need_predictions):
         return out
-    value, *extras = out
+    value, *extras = out  # (lse,) and/or (predictions,)
+    predicted = extras.pop() if need_predictions else None
+    if return_predictions:
+        extras.append(predicted)
     if return_accuracy:
-        extras.append(_accuracy(extras[-1], labels, spec))
-        if not return_predictions:
-            del extras[-2]
+        extras.append(_accuracy(predicted, labels, spec))
     return (value, *extras)
 
 
