@@ -143,7 +143,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
       learning_rate: step size for "adam" and "sgd".
       batch_size: minibatch size (not with "lbfgs"); None for full batch.
       standardize: fit per-feature mean and scale on the training set, store them with the
-        model and apply them before every prediction.
+        model and apply them before every prediction (folded into the weights). A sparse X is
+        scaled without centring (``mean_`` is 0), as ``StandardScaler(with_mean=False)``:
+        centring would fill in every zero.
       dtype: "float64" (computed in a scoped x64 context) or "float32".
       random_state: seed of the minibatch shuffles.
 

@@ -496,3 +496,12 @@ def test_evaluate_on_a_damaged_model_is_one_line(saved_iris, capsys, tmp_path):
     data.write_text("1,2,3,4,0\n")
     code, _, err = run_cli(capsys, "evaluate", str(saved_iris), str(data))
     assert code == 2 and err.count("\n") == 1 and str(saved_iris) in err
+
+
+def test_libsvm_index_past_n_features_names_the_file(tmp_path):
+    path = tmp_path / "wide.svm"
+    path.write_text("1 1:0.5 7:1\n0 2:1\n")
+    with pytest.raises(ValueError, match=r"wide.svm: feature index 7 exceeds n_features=5"):
+        _data.load_svmlight(path, n_features=5)
+    X, _ = _data.load_svmlight(path, n_features=9)
+    assert X.shape == (2, 9)

@@ -1,0 +1,115 @@
+"""The two sparse products of a gradient, by layout: ``python -m benchmarks.sparse_products``.
+
+At the rcv1 shape of ``benchmarks/sparse_data.py`` (100,000 × 50,000, ~80 stored per row,
+K = 50, float64) times, in one process, min of 3 after a warm-up:
+
+- scipy's CSR products (what scikit-learn runs), X·W and Xᵀ·dZ;
+- JAX's BCOO and BCSR (whole matrix) for X·W, and Xᵀ·dZ through a BCSR of Xᵀ;
+- jsoftmax's layout: X·W and Xᵀ·dZ chunk by chunk (a BCSR window per chunk and the chunk's
+  transposed copy), and the same transposed product as a scatter-add into dW (what one would
+  run without the transposed copy).
+
+Writes ``benchmarks/results/sparse-products-<platform>.{json,md}``: the measurement behind
+BCSR and the transposed copy in ``jsoftmax/_sparse.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from . import common
+
+
+def _best(fn, *args, repeats: int = 3) -> float:
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+    from jax.experimental import sparse as jsparse
+
+    from jsoftmax import _api, _engine, _sparse
+    from jsoftmax._compat import enable_x64
+
+    from .sparse_data import SHAPES, make
+
+    info = common.machine()
+    X, y = make("rcv1")
+    n, d, _, k = SHAPES["rcv1"]
+    rng = np.random.default_rng(0)
+    rows = []
+    with enable_x64():
+        W = rng.standard_normal((d, k))
+        dZ = rng.standard_normal((n, k))
+        start = time.perf_counter()
+        X @ W
+        scipy_scores = time.perf_counter() - start
+        start = time.perf_counter()
+        X.T @ dZ
+        scipy_transposed = time.perf_counter() - start
+        rows.append(["scipy CSR (scikit-learn)", scipy_scores, scipy_transposed])
+        Wd, dZd = jnp.asarray(W), jnp.asarray(dZ)
+        bcoo = jsparse.BCOO.from_scipy_sparse(X)
+        bcsr = jsparse.BCSR.from_scipy_sparse(X)
+        bcsr_t = jsparse.BCSR.from_scipy_sparse(X.T.tocsr())
+        product = jax.jit(lambda A, B: A @ B)
+        rows.append(["JAX BCOO, whole matrix", _best(product, bcoo, Wd),
+                     _best(jax.jit(lambda A, B: (B.T @ A).T), bcoo, dZd)])
+        rows.append(["JAX BCSR, whole matrix (Xᵀ as its own BCSR)", _best(product, bcsr, Wd),
+                     _best(product, bcsr_t, dZd)])
+        params = _api.Params(Wd, None)
+        problem, _, plan = _api.prepare(params, X, jnp.asarray(y))
+        layout = problem.X
+
+        @jax.jit
+        def chunked_scores(layout, W):
+            return _engine.all_scores(W, None, layout)
+
+        @jax.jit
+        def chunked_transposed(layout, H):
+            return _engine.transposed_product(layout, H)
+
+        @jax.jit
+        def scattered(layout, H):
+            def body(G, start, chunk):
+                # The chunk's rows as (row, column, value) entries, added into dW by column.
+                local = chunk.rows
+                counts = jnp.diff(local.indptr)
+                row_of = jnp.repeat(jnp.arange(counts.shape[0]), counts, total_repeat_length=local.data.shape[0])
+                used = jnp.arange(local.data.shape[0]) < local.indptr[-1]
+                part = lax.dynamic_slice_in_dim(H, start, counts.shape[0], axis=0)
+                values = jnp.where(used, local.data, 0)[:, None] * part[row_of]
+                return G.at[local.indices].add(values)
+
+            return _engine._over_chunks(layout, body, jnp.zeros((d, k), H.dtype))
+
+        rows.append([f"jsoftmax layout, chunks of {plan.chunk_rows} rows", _best(chunked_scores, layout, Wd),
+                     _best(chunked_transposed, layout, dZd)])
+        rows.append(["jsoftmax layout, Xᵀ·dZ as a scatter-add (no transposed copy)", float("nan"),
+                     _best(scattered, layout, dZd)])
+    payload = {"machine": info, "command": "python -m benchmarks.sparse_products",
+               "shape": [n, d, k], "nnz": int(X.nnz),
+               "results": [{"layout": r[0], "scores_s": r[1], "transposed_s": r[2]} for r in rows]}
+    table = common.table(["layout", "X·W", "Xᵀ·dZ"],
+                         [[r[0], "" if r[1] != r[1] else f"{r[1] * 1e3:.0f} ms", f"{r[2] * 1e3:.0f} ms"]
+                          for r in rows])
+    md = (f"# Sparse products at the rcv1 shape ({n} × {d}, {X.nnz:,} stored, K = {k}, float64)\n\n"
+          + common.stamp_markdown(info, payload["command"]) + "\n" + table)
+    common.publish(f"sparse-products-{info['platform']}", payload, md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
