@@ -384,13 +384,7 @@ def curvature(params: Params, X: Features, labels: Labels, sample_weight: RowVal
 
 def cached_hvp(P: jax.Array, r: jax.Array, X: Features, V: Params) -> Params:
     """H·V of the loss (no penalty) from :func:`curvature`'s P and r (``docs/derivation.md`` §8)."""
-    if isinstance(X, _sparse.SparseRows):
-        return Params(*_engine.cached_hessian_vector(P, r, X, V.W, V.b))
-    A = _engine.all_scores(V.W, V.b, X)
-    h = P * (A - jnp.sum(P * A, axis=-1, keepdims=True))
-    h = jnp.where(r[:, None] != 0, r[:, None] * h, 0)
-    HW = _engine.transposed_product(X, h)
-    return Params(HW, None if V.b is None else jnp.sum(h, axis=0))
+    return Params(*_engine.cached_hessian_vector(P, r, X, V.W, V.b))
 
 
 @partial(jax.jit, static_argnames=("spec", "plan"))

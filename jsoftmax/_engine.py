@@ -236,16 +236,14 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
     spec, want = st.spec, st.want
     need_dz = want.grad_W or want.grad_X
     z = _rows.soft_cap(scores(head.W, head.b, x), spec.softcap)
-    loss = predicted = None
+    loss = predicted = m = None
+    if st.class_axis and (lse_in is None or want.predictions):  # the row maximum over devices
+        m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=-1)), st.class_axis)
     if want.predictions:
         top, predicted = _rows.block_argmax(z, st.class_start)
         if st.class_axis:  # the first device holding the row's maximum names the class
-            best = lax.pmax(top, st.class_axis)
-            predicted = lax.pmin(jnp.where(top == best, predicted, st.n_classes), st.class_axis)
+            predicted = lax.pmin(jnp.where(top == m, predicted, st.n_classes), st.class_axis)
     if lse_in is None:
-        m = None
-        if st.class_axis:
-            m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=-1)), st.class_axis)
         stats = _rows.block_stats(z, y, st.class_start, spec, m)
         if st.class_axis:
             stats = _rows.across_devices(stats, st.class_axis)
@@ -437,8 +435,11 @@ def row_chunk(X, start, size: int):
     return X if (size == X.shape[0] and isinstance(start, int)) else lax.dynamic_slice_in_dim(X, start, size, axis=0)
 
 
-def _over_chunks(X: _sparse.SparseRows, body, carry):
-    """``carry = body(carry, start, chunk)`` over the chunks of a sparse X (the last may be short)."""
+def _over_chunks(X, body, carry):
+    """``carry = body(carry, start, chunk)`` over the chunks of a sparse X (the last may be short);
+    a dense X is one chunk."""
+    if not isinstance(X, _sparse.SparseRows):
+        return body(carry, 0, X)
     n, c = X.shape[0], X.chunk_rows
     n_full, rem = divmod(n, c)
     carry = lax.fori_loop(0, n_full, lambda i, carry: body(carry, i * c, X.chunk(i * c, c)), carry)
@@ -456,22 +457,11 @@ def all_scores(W: Weights, b: Bias | None, X) -> Scores:
     return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
 
 
-def transposed_product(X, H: jax.Array) -> jax.Array:
-    """Xᵀ·H, (D, K), for a dense or sparse X and H (N, K)."""
-    if not isinstance(X, _sparse.SparseRows):
-        return matmul(X.T, H.astype(X.dtype))
-
-    def body(G, start, chunk):
-        part = lax.dynamic_slice_in_dim(H, start, chunk.shape[0], axis=0)
-        return G + _sparse.transposed_product(chunk, part).astype(G.dtype)
-
-    return _over_chunks(X, body, jnp.zeros((X.shape[1], H.shape[1]), accumulation_dtype(X.dtype)))
-
-
-def cached_hessian_vector(P: jax.Array, r: jax.Array, X: _sparse.SparseRows, VW: Weights,
+def cached_hessian_vector(P: jax.Array, r: jax.Array, X, VW: Weights,
                           Vb: Bias | None) -> tuple[jax.Array, jax.Array | None]:
     """H·V of the loss from kept probabilities P (N, K) and row factors r (N,) (``docs/
-    derivation.md`` §8), chunk by chunk over a sparse X, so no other N×K array is formed."""
+    derivation.md`` §8): two products per chunk instead of three; over a sparse X chunk by
+    chunk, so no other N×K array is formed."""
 
     def body(carry, start, chunk):
         HW, Hb = carry
@@ -480,7 +470,7 @@ def cached_hessian_vector(P: jax.Array, r: jax.Array, X: _sparse.SparseRows, VW:
         a = scores(VW, Vb, chunk)
         h = p * (a - jnp.sum(p * a, axis=-1, keepdims=True))
         h = jnp.where(rows[:, None] != 0, rows[:, None] * h, 0)
-        HW = HW + _sparse.transposed_product(chunk, h).astype(HW.dtype)
+        HW = _add_weight_gradient(HW, chunk, h.astype(chunk.dtype), 1)
         return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)
 
     init = (jnp.zeros(VW.shape, P.dtype), None if Vb is None else jnp.zeros(Vb.shape, P.dtype))
