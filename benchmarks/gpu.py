@@ -17,6 +17,8 @@ there), each part in its own process with its own time limit, and writes under `
   scikit-learn on the host's cores.
 - ``search``: a whole C × fold search (``SoftmaxRegressionCV``, one program) against
   scikit-learn's ``LogisticRegressionCV`` (``benchmarks/suite_search.py``).
+- ``sparse``: the sparse suite's text-shaped fits (news20, rcv1) with the model on the device
+  against scikit-learn on the same CSR (``benchmarks/suite_sparse.py``), device peak memory.
 - ``tests``: the test suite with ``JAX_PLATFORMS=cuda``.
 
 Everything lands in ``results.json`` and ``summary.md`` (plus ``run.log`` and ``tests.log``),
@@ -37,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
-PARTS = ("lmhead", "torch", "fit", "search", "tests")
+PARTS = ("lmhead", "torch", "fit", "search", "sparse", "tests")
 SHAPES = [(16384, 4096, 128256), (8192, 2304, 256000)]
 QUICK_SHAPES = [(1024, 256, 4000), (512, 128, 8000)]
 CHUNK_SWEEP = (512, 1024, 2048, 4096)
@@ -257,6 +259,18 @@ def part_search(quick: bool) -> dict:
     return suite_search.run(quick=quick)
 
 
+def part_sparse(quick: bool, out: Path, limit_s: float) -> dict:
+    """The sparse suite's text-shaped fits with the model on the device (news20 first: it is the
+    shorter), written after each row so a cut-off run keeps what it measured."""
+    from . import suite_sparse
+
+    def keep(payload: dict) -> None:
+        (out / "part-sparse.json").write_text(json.dumps(payload, indent=1, default=float))
+
+    return suite_sparse.run(quick=quick, problems=None if quick else ("news20", "rcv1"),
+                            deadline=time.monotonic() + limit_s - 5, on_result=keep)
+
+
 def part_torch(quick: bool) -> dict:
     from . import gpu_torch
 
@@ -305,6 +319,8 @@ def _jax_platform() -> str:
 def child(part: str, quick: bool, out: Path, limit_s: float) -> None:
     if part == "tests":
         payload = part_tests(quick, out, limit_s)
+    elif part == "sparse":
+        payload = part_sparse(quick, out, limit_s)
     else:
         payload = {"lmhead": part_lmhead, "fit": part_fit, "torch": part_torch,
                    "search": part_search}[part](quick)
@@ -359,7 +375,7 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"command": command.strip(), "machine": machine(), "quick": args.quick, "parts": {}}
     print(json.dumps(payload["machine"], indent=1), flush=True)
-    shares = {"lmhead": 0.5, "torch": 0.2, "fit": 0.2, "search": 0.15, "tests": 0.45}  # the last part gets what is left
+    shares = {"lmhead": 0.5, "torch": 0.2, "fit": 0.2, "search": 0.15, "sparse": 0.5, "tests": 0.45}  # the last part gets what is left
     deadline = time.monotonic() + args.budget_s
     log = open(args.out / "run.log", "a")
     for part in args.parts:
@@ -587,6 +603,10 @@ def summary_markdown(payload: dict) -> str:
         from . import suite_search
 
         out.append(suite_search.markdown(parts["search"]))
+    if "sparse" in parts and "results" in parts["sparse"]:
+        from . import suite_sparse
+
+        out.append(suite_sparse.markdown(parts["sparse"]))
     if "tests" in parts:
         t = parts["tests"]
         out.append(f"## Test suite on the device\n\n`{t.get('command', '')}` with JAX_PLATFORMS="

@@ -60,6 +60,11 @@ def measured(model):
     return model, seconds, peak[0] - before
 
 runs = [measured(make()) for _ in range(1 if {sklearn} else 2)]
+device_peak = None
+if not {sklearn}:
+    import jax
+    stats = jax.devices()[0].memory_stats() or {{}}
+    device_peak = stats.get("peak_bytes_in_use")  # accelerators only; None on the CPU
 fitted = runs[-1][0]
 log_p = fitted.predict_log_proba(X)
 ids = np.searchsorted(fitted.classes_, y)
@@ -67,28 +72,44 @@ objective = float(-log_p[np.arange(len(y)), ids].sum() + 0.5 * np.sum(fitted.coe
 n_iter = int(np.max(fitted.n_iter_))
 converged = bool(getattr(fitted, "optimality_", {{}}).get("converged", n_iter < 1000))
 print(json.dumps({{"fit_s": [r[1] for r in runs], "growth_bytes": [r[2] for r in runs],
-                   "objective": objective, "n_iter": n_iter, "converged": converged}}))
+                   "objective": objective, "n_iter": n_iter, "converged": converged,
+                   "device": None if {sklearn} else str(jax.devices()[0].platform),
+                   "device_peak_bytes": device_peak}}))
 """
 
 
-def child(x_path: str, y_path: str, sklearn: bool, solver: str | None) -> dict:
+def child(x_path: str, y_path: str, sklearn: bool, solver: str | None, timeout_s: float = 3600) -> dict:
     code = CHILD.format(x=x_path, y=y_path, sklearn=sklearn, solver=solver)
-    env = dict(os.environ, JSOFTMAX_CACHE_DIR="off", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600,
+    env = dict(os.environ, JSOFTMAX_CACHE_DIR="off", PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
                           env=env, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, problems=None, solvers=SOLVERS, deadline: float | None = None,
+        on_result=None) -> dict:
+    """Every (problem, solver) pair; ``deadline`` (time.monotonic) skips what would start after
+    it, and ``on_result(payload)`` sees the payload after each row (a lent GPU keeps what it got)."""
+    import time
+
     import numpy as np
     import scipy.sparse as sp
 
     from .sparse_data import SHAPES, make
 
     results = []
-    for name in QUICK_PROBLEMS if quick else PROBLEMS:
+    payload = {"suite": "sparse", "results": results}
+
+    def left() -> float:
+        return 3600.0 if deadline is None else deadline - time.monotonic()
+
+    for name in problems or (QUICK_PROBLEMS if quick else PROBLEMS):
+        if left() < 10:
+            payload.setdefault("skipped", []).append(name)
+            continue
         X, y = make(name)
         n, d, _, k = SHAPES[name]
         shape = {"problem": name, "shape": [n, d, k], "nnz": int(X.nnz),
@@ -99,13 +120,26 @@ def run(quick: bool = False) -> dict:
             sp.save_npz(x_path, X, compressed=False)
             np.save(y_path, y)
             del X
-            theirs = child(x_path, y_path, True, None)
+            try:
+                theirs = child(x_path, y_path, True, None, timeout_s=max(5.0, left()))
+            except subprocess.TimeoutExpired:
+                payload.setdefault("skipped", []).append(f"{name} (scikit-learn ran out of time)")
+                continue
             print(f"{name}: sklearn {theirs}", flush=True)
-            for solver in SOLVERS:
-                ours = child(x_path, y_path, False, solver)
+            for solver in solvers:
+                if left() < 10:
+                    payload.setdefault("skipped", []).append(f"{name} {solver}")
+                    continue
+                try:
+                    ours = child(x_path, y_path, False, solver, timeout_s=max(5.0, left()))
+                except subprocess.TimeoutExpired:
+                    payload.setdefault("skipped", []).append(f"{name} {solver} (ran out of time)")
+                    continue
                 print(f"{name}: jsoftmax {solver} {ours}", flush=True)
                 results.append({**shape, "solver": solver, "ours": ours, "sklearn": theirs})
-    return {"suite": "sparse", "results": results}
+                if on_result is not None:
+                    on_result(payload)
+    return payload
 
 
 def markdown(payload: dict) -> str:
@@ -126,8 +160,14 @@ def markdown(payload: dict) -> str:
             f"{ours['growth_bytes'][0] / 2**20:.0f} MiB",
             f"{theirs['growth_bytes'][0] / 2**20:.0f} MiB",
         ])
+        peak = ours.get("device_peak_bytes")
+        if peak:  # an accelerator: its allocator's peak over both fits
+            rows[-1].append(f"{peak / 2**20:.0f} MiB (**{peak / budget:.2f}×**) on {ours['device']}")
     headers = ["problem", "stored", "density", "CSR", "solver", "jsoftmax (2nd fit)", "1st fit (compiles)",
                "sklearn lbfgs 1 thread", "ratio", "objective (ours vs sklearn)", "objective ≤",
                "memory growth, 2nd fit (/ CSR + W)", "1st fit", "sklearn"]
+    if any(len(row) > len(headers) for row in rows):
+        headers.append("device peak, both fits (/ CSR + W)")
+    skipped = f"\nSkipped (out of time): {', '.join(payload['skipped'])}.\n" if payload.get("skipped") else ""
     return ("## Sparse fits vs scikit-learn on the same CSR (C = 1, tol 1e-6, float64)\n\n"
-            + common.table(headers, rows))
+            + common.table(headers, rows) + skipped)
