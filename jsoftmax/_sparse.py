@@ -207,16 +207,30 @@ class SparseRows:
         at = jnp.minimum(first, total - self.window)
         window = lambda a, at: lax.dynamic_slice_in_dim(a, at, self.window)  # noqa: E731
         local = lax.dynamic_slice_in_dim(self.indptr, start, size + 1) - at
-        rows = jsparse.BCSR((window(self.data, at), window(self.indices, at), local), shape=(size, d))
+        rows = jsparse.BCSR(_whole_window(window(self.data, at), window(self.indices, at), local),
+                            shape=(size, d))
         transposed = None
         if self.t_data is not None:
             index = start // self.chunk_rows
             t_first = self.t_offsets[index]
             t_at = jnp.minimum(t_first, total - self.window)
             t_local = lax.dynamic_index_in_dim(self.t_indptr, index, keepdims=False) + (t_first - t_at)
-            transposed = jsparse.BCSR((window(self.t_data, t_at), window(self.t_indices, t_at), t_local),
-                                      shape=(d, size))
+            transposed = jsparse.BCSR(_whole_window(window(self.t_data, t_at), window(self.t_indices, t_at),
+                                                    t_local), shape=(d, size))
         return SparseChunk(rows, transposed)
+
+
+def _whole_window(data, indices, local):
+    """A window as a CSR whose pointers run from 0 to the window's length: the entries before
+    and after the chunk join its first and last row as zeros at column 0 (their own columns may
+    lie past a short last chunk). The GPU's BCSR product reads all ``nse`` entries by position,
+    not only those the row pointers cover: windows with entries outside ``[local[0], local[-1])``
+    gave wrong products on an H200."""
+    position = jnp.arange(data.shape[0], dtype=local.dtype)
+    inside = (position >= local[0]) & (position < local[-1])
+    whole = local.at[0].set(0).at[-1].set(data.shape[0])
+    return (jnp.where(inside, data, jnp.zeros((), data.dtype)),
+            jnp.where(inside, indices, jnp.zeros((), indices.dtype)), whole)
 
 
 class SparseChunk(NamedTuple):

@@ -142,6 +142,31 @@ def test_chunk_rule_bounds_the_gathered_entries():
 # --- scikit-learn estimators on sparse input --------------------------------------------------
 
 
+
+def _by_position(matrix) -> np.ndarray:
+    """A BCSR read the way cuSPARSE reads it: every stored entry, in order, belongs to the row
+    whose pointer range holds its position (an entry outside every range is an error)."""
+    data, indices, pointers = (np.asarray(a) for a in (matrix.data, matrix.indices, matrix.indptr))
+    assert pointers[0] == 0 and pointers[-1] == data.shape[0], (pointers[0], pointers[-1], data.shape[0])
+    rows = np.searchsorted(pointers, np.arange(data.shape[0]), side="right") - 1
+    dense = np.zeros(matrix.shape, data.dtype)
+    np.add.at(dense, (rows, indices), data)
+    return dense
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 16, 64])
+def test_every_chunk_is_a_whole_csr_whatever_kernel_reads_it(x64, chunk_rows):
+    # Regression (H200, benchmarks/results/gpu/h200-run4): chunk windows carried neighbouring
+    # chunks' entries outside their row pointers; the CPU kernel skipped them, the GPU's did not.
+    X, *_ = sparse_problem(n=90, d=30)
+    layout = _sparse.chunked_rows(_sparse.as_csr(X), chunk_rows)
+    dense = X.toarray()
+    for start in range(0, 90, layout.chunk_rows):
+        size = min(layout.chunk_rows, 90 - start)
+        chunk = layout.chunk(start, size)
+        np.testing.assert_array_equal(_by_position(chunk.rows), dense[start:start + size])
+        np.testing.assert_array_equal(_by_position(chunk.transposed), dense[start:start + size].T)
+
 def test_estimator_matches_scikit_learn_on_the_same_sparse_input():
     from sklearn.datasets import fetch_20newsgroups_vectorized  # noqa: F401 - only the API name
     from sklearn.linear_model import LogisticRegression
