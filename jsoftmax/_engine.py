@@ -477,6 +477,24 @@ def cached_hessian_vector(P: jax.Array, r: jax.Array, X, VW: Weights,
     return _over_chunks(X, body, init)
 
 
+def hessian_diagonal(P: jax.Array, r: jax.Array, X) -> tuple[jax.Array, jax.Array]:
+    """The diagonal of the loss's Hessian from kept P (N, K) and row factors r (N,)
+    (``docs/derivation.md`` §8 with V a unit direction): Σₙ rₙ xₙⱼ² pₙₖ(1 − pₙₖ) for W (D, K),
+    Σₙ rₙ pₙₖ(1 − pₙₖ) for b (K,). One product of the squared features per chunk."""
+
+    def body(carry, start, chunk):
+        dW, db = carry
+        size = chunk.shape[0]
+        p, rows = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (P, r))
+        h = jnp.where(rows[:, None] != 0, rows[:, None] * p * (1 - p), 0)
+        dW = _add_weight_gradient(dW, _sparse.squared(chunk) if isinstance(chunk, _sparse.SparseChunk)
+                                  else jnp.square(chunk), h.astype(chunk.dtype), 1)
+        return dW, db + jnp.sum(h, axis=0)
+
+    init = (jnp.zeros((X.shape[1], P.shape[1]), P.dtype), jnp.zeros(P.shape[1], P.dtype))
+    return _over_chunks(X, body, init)
+
+
 def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -> Evaluation:
     d_axis, c_axis = plan.data_axis, plan.class_axis
     layout = partition_specs(d_axis, c_axis, spec.soft)

@@ -52,53 +52,71 @@ def init_state(grad, dtype) -> NewtonState:
                        jnp.asarray(False))
 
 
-def steihaug_cg(hvp: Callable, grad, radius, max_cg: int):
-    """(s, r, iterations): s approximately minimises gᵀs + ½sᵀHs within ‖s‖ ≤ radius; r is
-    the residual −g − Hs, kept exact so that sᵀHs = −sᵀ(g + r) needs no further HVP."""
+def steihaug_cg(hvp: Callable, grad, radius, max_cg: int, precond=None):
+    """(s, r, iterations): s approximately minimises gᵀs + ½sᵀHs within ‖s‖_M ≤ radius; r is
+    the residual −g − Hs, kept exact so that sᵀHs = −sᵀ(g + r) needs no further HVP.
+
+    ``precond``: a positive diagonal M (the structure of ``grad``) or None (M = I). CG then runs
+    on M^{-1/2} H M^{-1/2}: z = M⁻¹r, directions conjugate in H, the region in ‖s‖²_M = sᵀMs,
+    and it stops when zᵀr ≤ ``CG_TOLERANCE``² z₀ᵀr₀ (liblinear's PCG, Hsia et al. 2018)."""
+    if precond is None:
+        solve, m_dot = (lambda r: r), tree_vdot
+    else:
+        solve = lambda r: jax.tree_util.tree_map(jnp.divide, r, precond)  # noqa: E731
+        m_dot = lambda a, b: tree_vdot(a, jax.tree_util.tree_map(jnp.multiply, precond, b))  # noqa: E731
     zeros = jax.tree_util.tree_map(jnp.zeros_like, grad)
     r0 = jax.tree_util.tree_map(jnp.negative, grad)
-    rr0 = tree_vdot(r0, r0)
-    stop_at = (CG_TOLERANCE**2) * rr0
+    z0 = solve(r0)
+    rz0 = tree_vdot(r0, z0)
+    stop_at = (CG_TOLERANCE**2) * rz0
 
     def cond(carry):
-        i, _, _, _, rr, done = carry
-        return (i < max_cg) & ~done & (rr > stop_at)
+        i, _, _, _, rz, done = carry
+        return (i < max_cg) & ~done & (rz > stop_at)
 
     def body(carry):
-        i, s, r, d, rr, _ = carry
+        i, s, r, d, rz, _ = carry
         Hd = hvp(d)
         dHd = tree_vdot(d, Hd)
-        alpha = rr / jnp.where(dHd > 0, dHd, 1)
+        alpha = rz / jnp.where(dHd > 0, dHd, 1)
         s_next = tree_axpy(alpha, d, s)
-        leave = (dHd <= 0) | (jnp.sqrt(tree_vdot(s_next, s_next)) >= radius)
-        # The step to the boundary: the τ ≥ 0 with ‖s + τd‖ = radius.
-        sd, dd, ss = tree_vdot(s, d), tree_vdot(d, d), tree_vdot(s, s)
+        leave = (dHd <= 0) | (jnp.sqrt(m_dot(s_next, s_next)) >= radius)
+        # The step to the boundary: the τ ≥ 0 with ‖s + τd‖_M = radius.
+        sd, dd, ss = m_dot(s, d), m_dot(d, d), m_dot(s, s)
         gap = radius**2 - ss
         tau = gap / (sd + jnp.sqrt(jnp.maximum(sd**2 + dd * gap, 0)))
         step = jnp.where(leave, tau, alpha)
         s = tree_axpy(step, d, s)
         r = tree_axpy(-step, Hd, r)
-        rr_new = tree_vdot(r, r)
-        d = tree_axpy(rr_new / rr, d, r)
-        return i + 1, s, r, d, rr_new, leave
+        z = solve(r)
+        rz_new = tree_vdot(r, z)
+        d = tree_axpy(rz_new / rz, d, z)
+        return i + 1, s, r, d, rz_new, leave
 
-    i, s, r, _, _, _ = lax.while_loop(cond, body, (jnp.asarray(0), zeros, r0, r0, rr0, jnp.asarray(False)))
+    i, s, r, _, _, _ = lax.while_loop(cond, body, (jnp.asarray(0), zeros, r0, z0, rz0, jnp.asarray(False)))
     return s, r, i
 
 
 def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: NewtonState, value, grad,
                 *, max_cg: int):
     """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule.
-    ``make_hvp(params)`` returns v ↦ H(params)·v (it may precompute what every product reuses)."""
-    s, r, cg_iters = steihaug_cg(make_hvp(params), grad, state.radius, max_cg)
+    ``make_hvp(params)`` returns (v ↦ H(params)·v, M): the product may precompute what every
+    call reuses; M is a diagonal preconditioner or None. Step lengths are measured in ‖·‖_M,
+    and the first region is ‖g‖_M (liblinear's TRON)."""
+    hvp, precond = make_hvp(params)
+    m_norm = (lambda v: jnp.sqrt(tree_vdot(v, v))) if precond is None else (  # noqa: E731
+        lambda v: jnp.sqrt(tree_vdot(v, jax.tree_util.tree_map(jnp.multiply, precond, v))))
+    first = state.cg_iterations == 0
+    radius = jnp.where(first, m_norm(grad).astype(state.radius.dtype), state.radius)
+    s, r, cg_iters = steihaug_cg(hvp, grad, radius, max_cg, precond)
     gs = tree_vdot(grad, s)
     predicted = -0.5 * (gs - tree_vdot(s, r))  # −(gᵀs + ½sᵀHs)
     trial = tree_axpy(1.0, s, params)
     new_value, new_grad = value_and_grad(trial)
     actual = value - new_value
-    s_norm = jnp.sqrt(tree_vdot(s, s))
-    radius = state.radius
-    radius = jnp.where(state.cg_iterations == 0, jnp.minimum(radius, s_norm), radius)  # first step
+    s_norm = m_norm(s)
+    start_radius = radius
+    radius = jnp.where(first, jnp.minimum(radius, s_norm), radius)  # first step
     curvature = new_value - value - gs
     alpha = jnp.where(curvature <= 0, SIGMA3, jnp.maximum(SIGMA1, -0.5 * gs / jnp.where(curvature <= 0, 1, curvature)))
     radius = jnp.where(
@@ -113,7 +131,7 @@ def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: New
     rounding = jnp.abs(predicted) <= 64 * jnp.finfo(value.dtype).eps * jnp.abs(value)
     shrinks = tree_vdot(new_grad, new_grad) < tree_vdot(grad, grad)
     accept = jnp.isfinite(new_value) & jnp.where(rounding, shrinks, actual > ETA0 * predicted)
-    radius = jnp.where(rounding & shrinks, jnp.maximum(state.radius, s_norm), radius)
+    radius = jnp.where(rounding & shrinks, jnp.maximum(start_radius, s_norm), radius)
     params = jax.tree_util.tree_map(lambda new, old: jnp.where(accept, new, old), trial, params)
     value = jnp.where(accept, new_value, value)
     grad = jax.tree_util.tree_map(lambda new, old: jnp.where(accept, new, old), new_grad, grad)

@@ -304,6 +304,14 @@ def _host_layout(indptr, indices, data, d: int, c: int, transposed: bool):
     return [data, indices, indptr.astype(np.int32), *t_parts], window
 
 
+def squared(chunk: SparseChunk) -> SparseChunk:
+    """The chunk with every stored value squared (the same pattern): X∘X for a Hessian's diagonal."""
+    jsparse = _jsparse()
+    square = lambda m: None if m is None else jsparse.BCSR(  # noqa: E731
+        (jnp.square(m.data), m.indices, m.indptr), shape=m.shape)
+    return SparseChunk(square(chunk.rows), square(chunk.transposed))
+
+
 def scores(chunk: SparseChunk, W: jax.Array) -> jax.Array:
     """X_chunk · W, (size, K), a CSR × dense product."""
     return chunk.rows @ W

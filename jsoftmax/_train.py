@@ -37,6 +37,9 @@ from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights
 
 
 SOLVERS = ("lbfgs", "newton-cg")
+# Newton-CG's diagonal preconditioner: where it runs and its mix α (measured; see _rules.json).
+PRECONDITION = _engine.RULES["newton_preconditioner"]
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +199,9 @@ def _newton_start(params, data, *, spec, plan, max_iter):
     return _first_carry(params, data, spec, plan, max_iter, lambda p, g, v: _solvers.init_state(g, v.dtype))
 
 
-@partial(jax.jit, static_argnames=("spec", "plan", "max_cg"))
+# The carry is donated: each segment's output replaces its input in place (one copy of the
+# params, gradient and solver state instead of two; _fit_full_batch never reuses a carry).
+@partial(jax.jit, static_argnames=("spec", "plan", "max_cg"), donate_argnums=0)
 def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     """Trust-region Newton-CG iterations until ``it == limit``, max|grad| <= tol, or the model
     predicts no further decrease; one compiled while_loop (see ``_solvers``)."""
@@ -210,9 +215,12 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     def make_hvp(params):
         params = _in_dtype(params, X.dtype)
         raw, transpose = jax.vjp(lambda q: on_raw_features(q, affine), params)
+        precond = None
         if keep:
             P, r = _api.curvature(raw, X, labels, sample_weight, smoothing, spec)
             loss_hvp = lambda V: _api.cached_hvp(P, r, X, V)  # noqa: E731
+            if PRECONDITION["sparse" if isinstance(X, _sparse.SparseRows) else "dense"]:
+                precond = _preconditioner(P, r, X, affine, l2, params)
         else:
             loss_hvp = lambda V: _api.objective_hvp(raw, V, X, labels, sample_weight, 0.0,  # noqa: E731
                                                     smoothing, spec, plan)
@@ -225,9 +233,27 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
             H = jax.tree_util.tree_map(lambda h, v: h.astype(v.dtype), H, V)
             return H._replace(W=H.W + l2 * V.W)
 
-        return hvp
+        return hvp, precond
 
     return _iterate(carry, limit, tol, partial(_solvers.newton_step, value_and_grad, make_hvp, max_cg=max_cg))
+
+
+def _preconditioner(P, r, X, affine: Affine | None, l2, params: Params) -> Params:
+    """Newton-CG's diagonal preconditioner M = (1 − α)·λ + α·diag(H) (liblinear's mix of the
+    identity, here scaled by the penalty λ, and the Hessian's diagonal; α = ``PRECONDITION["mix"]``).
+    The diagonal is the raw features' (``_engine.hessian_diagonal``) scaled by σ⁻² for
+    standardised W; centring's cross terms are left out: any positive M gives the same
+    solution, only the number of CG steps depends on it. Without a penalty λ is replaced by
+    the diagonal's mean."""
+    dW, db = _engine.hessian_diagonal(P, r, X)
+    if affine is not None:
+        dW = dW * jnp.square(affine.inv_scale.astype(dW.dtype))[:, None]
+    base = jnp.where(l2 > 0, l2, (jnp.sum(dW) + jnp.sum(db)) / (dW.size + db.size)).astype(dW.dtype)
+    base = jnp.where(base > 0, base, 1)
+    mix = PRECONDITION["mix"]
+    W = ((1 - mix) * base + mix * (dW + l2)).astype(params.W.dtype)
+    b = None if params.b is None else ((1 - mix) * base + mix * db).astype(params.b.dtype)
+    return Params(W, b)
 
 
 @partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))
@@ -235,7 +261,7 @@ def _lbfgs_start(params, data, *, spec, plan, max_iter):
     return _first_carry(params, data, spec, plan, max_iter, lambda p, g, v: _solvers.lbfgs_init(g, v.dtype))
 
 
-@partial(jax.jit, static_argnames=("spec", "plan"))
+@partial(jax.jit, static_argnames=("spec", "plan"), donate_argnums=0)
 def _lbfgs_segment(carry, limit, tol, data, *, spec, plan):
     """Lean L-BFGS iterations until ``it == limit``, max|grad| <= tol, or no step is found."""
     value_and_grad = jax.value_and_grad(_objective(data, spec, plan))

@@ -126,3 +126,105 @@ def test_lean_lbfgs_float32_and_bfloat16(x32):
 
 def jax_tree_cast(params, dtype):
     return jsoftmax.Params(params.W.astype(dtype), None if params.b is None else params.b.astype(dtype))
+
+
+# --- the diagonal preconditioner (docs/derivation.md §13) -----------------------------------
+
+
+def _sparse_problem(seed=0):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    X = sp.random(40, 6, density=0.4, format="lil", random_state=seed)
+    X[:, 2] = 0  # an empty column: its diagonal is 0, the preconditioner must stay positive
+    X = X.tocsr()
+    y = rng.integers(0, 3, 40)
+    y[::7] = -100
+    return X, y, rng.uniform(0.5, 2.0, 40)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_hessian_diagonal_equals_the_hvp_on_unit_directions(x64, sparse):
+    from jsoftmax import _api, _engine
+
+    X, y, weights = _sparse_problem()
+    rng = np.random.default_rng(1)
+    params = jsoftmax.Params(jnp.asarray(rng.standard_normal((6, 3))), jnp.asarray(rng.standard_normal(3)))
+    data = X if sparse else X.toarray()
+    problem, spec, _ = _api.prepare(params, data, y, sample_weight=weights, label_smoothing=0.1)
+    P, r = _api.curvature(params, problem.X, problem.labels, problem.sample_weight, 0.1, spec)
+    dW, db = _engine.hessian_diagonal(P, r, problem.X)
+    want_W, want_b = np.zeros((6, 3)), np.zeros(3)
+    for j, k in np.ndindex(6, 3):
+        V = jsoftmax.Params(jnp.zeros((6, 3)).at[j, k].set(1.0), jnp.zeros(3))
+        want_W[j, k] = jsoftmax.hvp(params, data, y, V, sample_weight=weights, label_smoothing=0.1).W[j, k]
+    for k in range(3):
+        V = jsoftmax.Params(jnp.zeros((6, 3)), jnp.zeros(3).at[k].set(1.0))
+        want_b[k] = jsoftmax.hvp(params, data, y, V, sample_weight=weights, label_smoothing=0.1).b[k]
+    np.testing.assert_allclose(dW, want_W, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(db, want_b, rtol=1e-12, atol=1e-15)
+    assert np.all(np.asarray(dW)[2] == 0)  # the empty column
+
+
+def _quadratic(n=8, seed=0, spread=1e4):
+    """An SPD H with a wide diagonal (as text features give) and a gradient g."""
+    rng = np.random.default_rng(seed)
+    Q = rng.standard_normal((n, n)) * 0.1
+    H = np.diag(np.logspace(0, np.log10(spread), n)) + Q @ Q.T
+    return jnp.asarray(H), jnp.asarray(rng.standard_normal(n))
+
+
+def test_preconditioned_cg_solves_the_same_system_in_fewer_steps(x64):
+    from jsoftmax import _solvers
+
+    H, g = _quadratic()
+    hvp = lambda v: H @ v  # noqa: E731
+    M = jnp.diag(H)
+    plain = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100)
+    pre = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100, precond=M)
+    for s, r, _ in (plain, pre):
+        np.testing.assert_allclose(r, -g - H @ s, atol=1e-10)  # the residual is kept exact
+    # Each stops at its own criterion (rᵀr resp. zᵀr ≤ 0.01 of the start), both near the solution.
+    s_pre, r_pre, steps_pre = pre
+    assert float(r_pre @ (r_pre / M)) <= _solvers.CG_TOLERANCE**2 * float(g @ (g / M))
+    assert int(steps_pre) < int(plain[2]), (int(steps_pre), int(plain[2]))
+    # M = I is plain CG, step for step.
+    same = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100, precond=jnp.ones_like(g))
+    np.testing.assert_allclose(same[0], plain[0], rtol=1e-13)
+    assert int(same[2]) == int(plain[2])
+
+
+def test_preconditioned_cg_stops_on_the_boundary_of_the_m_norm_region(x64):
+    from jsoftmax import _solvers
+
+    H, g = _quadratic(seed=3)
+    M = jnp.diag(H)
+    s, r, _ = _solvers.steihaug_cg(lambda v: H @ v, g, 0.05, max_cg=100, precond=M)
+    np.testing.assert_allclose(float(jnp.sqrt(s @ (M * s))), 0.05, rtol=1e-10)
+    assert float(g @ s + 0.5 * s @ (H @ s)) < 0  # a descent step of the model
+
+
+@pytest.mark.parametrize("l2", [1e-2, 0.0])
+def test_newton_cg_reaches_the_same_minimum_with_and_without_the_preconditioner(x64, monkeypatch, l2):
+    import jax
+
+    from jsoftmax import _train
+
+    X, y, weights = _sparse_problem(seed=5)
+    start = jsoftmax.Params(jnp.zeros((6, 3)), jnp.zeros(3))
+    runs = {}
+    for on in (True, False):
+        monkeypatch.setitem(_train.PRECONDITION, "sparse", on)
+        jax.clear_caches()  # the rule is read when the solver is traced
+        runs[on] = jsoftmax.fit(start, X, y, sample_weight=weights, solver="newton-cg", l2=l2,
+                                tol=1e-9, max_iter=200)
+    for result in runs.values():
+        assert result.stop_reason == "gtol" and np.all(np.isfinite(result.params.W)), result
+    with_m, without = runs[True].params, runs[False].params
+    if l2 > 0:
+        np.testing.assert_allclose(with_m.W, without.W, atol=1e-7)
+    # Softmax ignores a shift of all classes: the unpenalised bias (and, without a penalty,
+    # each row of W) is a minimum only up to it. Compared centred over the classes.
+    centre = lambda a: a - jnp.mean(a, axis=-1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(centre(with_m.W), centre(without.W), atol=1e-6)
+    np.testing.assert_allclose(centre(with_m.b), centre(without.b), atol=1e-6)
