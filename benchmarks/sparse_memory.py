@@ -1,0 +1,74 @@
+"""Where a sparse Newton-CG fit's memory goes: ``python -m benchmarks.sparse_memory [problem]``.
+
+Lays out the seeded rcv1-shaped CSR (``benchmarks/sparse_data.py``) as the engine does and
+reports the layout's bytes (X's rows and the per-chunk transposed copy), the CSR's own bytes, the
+D × K weights, and XLA's ``memory_analysis`` of the compiled Newton-CG segment (arguments,
+outputs, donated aliases, temporaries). Writes ``benchmarks/results/sparse-memory-<platform>.md``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import common
+
+
+def run(name: str = "rcv1") -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from jsoftmax import Params, _api, _train
+    from jsoftmax._compat import enable_x64
+
+    from .sparse_data import SHAPES, make
+
+    X, y = make(name)
+    n, d, _, k = SHAPES[name]
+    with enable_x64():
+        params = Params(jnp.zeros((d, k)), jnp.zeros(k))
+        l2 = 1.0 / n
+        problem, spec, plan = _api.prepare(params, X, y, l2=l2)
+        layout = problem.X
+        data = (layout, problem.labels, problem.sample_weight, l2, 0.0, None)
+        carry = _train._newton_start(params, data, spec=spec, plan=plan, max_iter=1000)
+        compiled = _train._newton_segment.lower(carry, 1000, 1e-6, data, spec=spec, plan=plan,
+                                                max_cg=_train._max_cg(d * k + k)).compile()
+        analysis = compiled.memory_analysis()
+    return {"problem": name, "shape": [n, d, k], "nnz": int(X.nnz),
+            "csr_bytes": int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes),
+            "weights_bytes": d * k * 8,
+            "layout_bytes": int(sum(a.nbytes for a in jax.tree_util.tree_leaves(layout))),
+            "chunk_rows": layout.chunk_rows,
+            **{key: int(getattr(analysis, f"{key}_size_in_bytes")) for key in ("argument", "output", "alias", "temp")}}
+
+
+def markdown(r: dict) -> str:
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    budget = 3 * (r["csr_bytes"] + r["weights_bytes"])
+    rows = [["CSR (data, indices, row pointers)", mib(r["csr_bytes"])],
+            ["D × K float64 weights", mib(r["weights_bytes"])],
+            ["3 × (CSR + weights): the issue's budget", mib(budget)],
+            [f"layout on the device (rows + per-chunk transposed copy, {r['chunk_rows']} rows per chunk)", mib(r["layout_bytes"])],
+            ["compiled Newton-CG segment: arguments (layout + carry)", mib(r["argument"])],
+            ["outputs (the carry)", mib(r["output"])],
+            ["of which aliased to donated arguments", mib(r["alias"])],
+            ["temporaries", mib(r["temp"])],
+            ["layout + carry + temporaries", mib(r["argument"] + r["output"] - r["alias"] + r["temp"])]]
+    n, d, k = r["shape"]
+    return (f"## {r['problem']}-shaped CSR ({n}×{d}, K={k}, {r['nnz']:,} stored), float64\n\n"
+            + common.table(["what", "bytes"], rows))
+
+
+def main(argv: list[str]) -> int:
+    name = argv[0] if argv else "rcv1"
+    info = common.machine()
+    payload = {"machine": info, "command": "python -m benchmarks.sparse_memory" + (f" {name}" if argv else ""),
+               **run(name)}
+    md = ("# Memory of a sparse Newton-CG fit\n\n" + common.stamp_markdown(info, payload["command"]) + "\n"
+          + markdown(payload))
+    common.publish(f"sparse-memory-{info['platform']}", payload, md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
