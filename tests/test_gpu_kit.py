@@ -60,3 +60,31 @@ def test_dry_run_flag_is_the_quick_run(tmp_path):
     torch_part = payload["parts"]["torch"]
     assert torch_part["returncode"] == 0 and (torch_part["results"] or torch_part["skipped"])
     assert (out / "summary.md").exists()
+
+
+def test_sparse_part_reports_device_peaks_and_what_ran_out_of_time(monkeypatch, tmp_path):
+    import time
+
+    from benchmarks import suite_sparse
+
+    fake = {"fit_s": [2.0, 1.0], "growth_bytes": [3 * 2**20, 2**20], "objective": 10.0, "n_iter": 5,
+            "converged": True, "device": "gpu", "device_peak_bytes": 4 * 2**20}
+    calls = []
+
+    def child(x_path, y_path, sklearn, solver, timeout_s=3600):
+        calls.append((sklearn, solver, timeout_s))
+        return dict(fake, device=None, device_peak_bytes=None, fit_s=[4.0]) if sklearn else fake
+
+    monkeypatch.setattr(suite_sparse, "child", child)
+    kept = []
+    payload = suite_sparse.run(quick=True, on_result=lambda p: kept.append(len(p["results"])))
+    assert kept == [1, 2] and [c[:2] for c in calls] == [(True, None), (False, "newton-cg"), (False, "lbfgs")]
+    text = suite_sparse.markdown(payload)
+    assert "device peak" in text and "on gpu" in text and "**0.25×**" in text
+    # Past the deadline nothing starts, and the report says what was skipped.
+    late = suite_sparse.run(quick=True, deadline=time.monotonic() - 1)
+    assert late["results"] == [] and late["skipped"] == ["small"]
+    assert "Skipped (out of time): small." in suite_sparse.markdown(late)
+    summary = gpu.summary_markdown({"command": "c", "quick": True, "machine": gpu.machine(),
+                                    "parts": {"sparse": {"returncode": 0, **payload}}})
+    assert "## Sparse fits vs scikit-learn" in summary
