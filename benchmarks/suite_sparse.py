@@ -106,6 +106,16 @@ def run(quick: bool = False, problems=None, solvers=SOLVERS, deadline: float | N
     def left() -> float:
         return 3600.0 if deadline is None else deadline - time.monotonic()
 
+    def timed(label: str, *args):
+        """``child(*args)`` within what is left, or None (and ``label`` listed as skipped)."""
+        try:
+            if left() >= 10:
+                return child(*args, timeout_s=max(5.0, left()))
+        except subprocess.TimeoutExpired:
+            label += " (ran out of time)"
+        payload.setdefault("skipped", []).append(label)
+        return None
+
     for name in problems or (QUICK_PROBLEMS if quick else PROBLEMS):
         if left() < 10:
             payload.setdefault("skipped", []).append(name)
@@ -120,20 +130,13 @@ def run(quick: bool = False, problems=None, solvers=SOLVERS, deadline: float | N
             sp.save_npz(x_path, X, compressed=False)
             np.save(y_path, y)
             del X
-            try:
-                theirs = child(x_path, y_path, True, None, timeout_s=max(5.0, left()))
-            except subprocess.TimeoutExpired:
-                payload.setdefault("skipped", []).append(f"{name} (scikit-learn ran out of time)")
+            theirs = timed(f"{name} scikit-learn", x_path, y_path, True, None)
+            if theirs is None:
                 continue
             print(f"{name}: sklearn {theirs}", flush=True)
             for solver in solvers:
-                if left() < 10:
-                    payload.setdefault("skipped", []).append(f"{name} {solver}")
-                    continue
-                try:
-                    ours = child(x_path, y_path, False, solver, timeout_s=max(5.0, left()))
-                except subprocess.TimeoutExpired:
-                    payload.setdefault("skipped", []).append(f"{name} {solver} (ran out of time)")
+                ours = timed(f"{name} {solver}", x_path, y_path, False, solver)
+                if ours is None:
                     continue
                 print(f"{name}: jsoftmax {solver} {ours}", flush=True)
                 results.append({**shape, "solver": solver, "ours": ours, "sklearn": theirs})
