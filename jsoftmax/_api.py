@@ -101,7 +101,8 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     plan = _engine.make_plan(n, problem.X.shape[1], k, chunk_rows=chunk_rows, class_chunk=class_chunk,
                              mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis,
                              grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward),
-                             sparse_indptr=problem.X.indptr if sparse else None)
+                             sparse_indptr=problem.X.indptr if sparse else None,
+                             itemsize=np.dtype(problem.X.dtype).itemsize)
     if sparse:  # laid out for the plan's chunks, on the device (each device its own rows)
         blocks, sharding = 1, None
         if plan.mesh is not None:

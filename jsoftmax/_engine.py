@@ -53,6 +53,7 @@ RULES = json.loads(resources.files(__package__).joinpath("_rules.json").read_tex
 DEFAULT_CHUNK_BYTES = RULES["cpu"]["chunk_bytes"]  # memory budget for one f32 block of scores
 CACHE_BLOCK_BYTES = RULES["cpu"]["cache_block_bytes"]
 MIN_EFFICIENT_ROWS = RULES["cpu"]["min_efficient_rows"]
+WORKING_SET_BYTES = RULES["cpu"]["working_set_bytes"]  # a dense chunk's X rows and scores
 GPU_CHUNK_BYTES = RULES["gpu"]["chunk_bytes"]  # on an accelerator a GEMM needs ~1024 rows
 GPU_ROWS = RULES["gpu"]["rows"]
 FLOAT32_WEIGHT_GRAD_BYTES = RULES["gpu"]["float32_weight_grad_bytes"]
@@ -60,12 +61,16 @@ WEIGHT_GRAD_ACCUMULATIONS = ("auto", "float32", "input")
 
 
 def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
-                  platform: str = "cpu") -> tuple[int, int | None]:
+                  platform: str = "cpu", *, d: int = 0, itemsize: int = 4) -> tuple[int, int | None]:
     """(rows per chunk, classes per block or None) for f32 score blocks within a budget.
 
-    CPU: a block of ``rows × K`` scores should fill about 4 MiB (small K stays in cache) but
-    hold at least 1024 rows (fewer rows make the matrix products inefficient) and never exceed
-    ``budget_bytes`` (default 128 MiB); powers of two, at least 64, at most ``n``
+    CPU: a block of ``rows × K`` scores should fill about 4 MiB (small K stays in cache), and
+    with ``d`` > 0 (a dense X of ``itemsize``-byte values) the chunk's rows × (D + K) values
+    should fit about 8 MiB, so that the X rows a chunk reads stay in cache for its second
+    product (at 50,000 × 128, K = 20 in float64 the scores rule alone gave 32768 rows and 2.9×
+    the time of 4096 rows: ``benchmarks/results/chunk-rows-cpu.md``). Either way at least 1024
+    rows (fewer rows make the matrix products inefficient), never more than
+    ``budget_bytes`` (default 128 MiB) of scores; powers of two, at least 64, at most ``n``
     (``benchmarks/results/hot-cpu.md``). GPU: 1024 rows within a 1 GiB budget — on an H200 at
     (16384, 4096, 128256) bf16, 256-row chunks ran at 2.0× the matmul floor, 512 at 1.21×, 1024
     at 1.12× with 1.0 GiB of temp, 2048 at 1.08× with 1.8 GiB (``benchmarks/results/gpu/``).
@@ -76,6 +81,8 @@ def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
     if platform == "cpu":
         budget = DEFAULT_CHUNK_BYTES if budget_bytes is None else budget_bytes
         cache_rows = _pow2_floor(CACHE_BLOCK_BYTES // (4 * k))
+        if d > 0:
+            cache_rows = min(cache_rows, _pow2_floor(WORKING_SET_BYTES // ((d + k) * itemsize)))
         target_rows = max(cache_rows, MIN_EFFICIENT_ROWS)
     else:
         budget = GPU_CHUNK_BYTES if budget_bytes is None else budget_bytes
@@ -146,16 +153,18 @@ def sparse_chunk_rows(indptr, k: int, rows: int, platform: str = "cpu") -> int:
 def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
               class_chunk: int | None = None, mesh=None, data_axis: str | None = None,
               class_axis: str | None = None, grad_dtype: str | None = None,
-              recompute: bool = False, sparse_indptr=None) -> Plan:
+              recompute: bool = False, sparse_indptr=None, itemsize: int = 4) -> Plan:
     """The :class:`Plan` for N rows, D features and K classes: explicit sizes win, else
     :func:`choose_chunks` on the block one device holds; no class blocks along a class-sharded
     mesh axis. ``grad_dtype``, ``recompute``: see :class:`Plan`. ``sparse_indptr``: the CSR row
-    pointers of a sparse X (rows per chunk by :func:`sparse_chunk_rows`; no class blocks)."""
+    pointers of a sparse X (rows per chunk by :func:`sparse_chunk_rows`; no class blocks).
+    ``itemsize``: bytes per value of a dense X (its rows count in the CPU's cache rule)."""
     if mesh is not None:
         n //= mesh.shape[data_axis] if data_axis else 1
         k //= mesh.shape[class_axis] if class_axis else 1
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-    rows, classes = choose_chunks(n, k, platform=platform)
+    dense_d = 0 if sparse_indptr is not None else d
+    rows, classes = choose_chunks(n, k, platform=platform, d=dense_d, itemsize=itemsize)
     if chunk_rows is not None:
         rows, classes = min(chunk_rows, n), class_chunk
     elif class_chunk is not None:

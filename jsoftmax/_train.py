@@ -427,7 +427,8 @@ def fit(
                              "use solver='lbfgs'.")
     if batch_size is not None:  # each step's plan is for one batch of rows
         plan = _engine.make_plan(min(batch_size, X.shape[0]), *W.shape, mesh=plan.mesh,
-                                 data_axis=data_axis, class_axis=class_axis)
+                                 data_axis=data_axis, class_axis=class_axis,
+                                 itemsize=np.dtype(X.dtype).itemsize)
     if mesh is not None and batch_size is not None and data_axis is not None and batch_size % mesh.shape[data_axis]:
         raise ValueError(f"`batch_size`={batch_size} must be a multiple of the {data_axis!r} axis size "
                          f"{mesh.shape[data_axis]}.")
@@ -445,7 +446,8 @@ def fit(
         if vproblem.soft != soft:
             raise TypeError("`validation_data` labels must be of the same kind (ids or rows) as `labels`.")
         validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing, affine)
-        validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape)
+        validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape,
+                                            itemsize=np.dtype(vproblem.X.dtype).itemsize)
 
     statics = dict(optimizer=optimizer, spec=spec, plan=plan) if solver is None else dict(spec=spec, plan=plan)
     checkpoints = None
@@ -478,7 +480,7 @@ def fit(
     fitted, history, n_iter, n_epochs, stop_reason, grad_norm = run
     if grad_norm is None:
         full_plan = _engine.make_plan(X.shape[0], *W.shape, mesh=plan.mesh, data_axis=data_axis,
-                                      class_axis=class_axis)
+                                      class_axis=class_axis, itemsize=np.dtype(X.dtype).itemsize)
         grad_norm = float(_grad_inf_norm(fitted, data, spec=spec, plan=full_plan))
     if not math.isfinite(grad_norm):
         stop_reason = "diverged"
@@ -750,7 +752,8 @@ def fit_many(
         # plan the chunk for M·K classes. Planned for K, 5 models of 50000×128×20 ran 1.7× the
         # stacked products' floor (the (rows, M, K) ↔ (M, rows, K) relayouts left the cache); for
         # M·K, at it (`python -m benchmarks.search_chunks`).
-        stacked = _engine.make_plan(problem.X.shape[0], problem.X.shape[1], W.shape[2] * m)
+        stacked = _engine.make_plan(problem.X.shape[0], problem.X.shape[1], W.shape[2] * m,
+                                    itemsize=np.dtype(problem.X.dtype).itemsize)
         plan = dataclasses.replace(plan, chunk_rows=stacked.chunk_rows, feature_blocks=stacked.feature_blocks)
     acc = accumulation_dtype(problem.W.dtype)
     start = jax.tree_util.tree_map(lambda a: jnp.asarray(a, acc), Params(W, b))
