@@ -63,12 +63,8 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    info = common.machine()
-    payload = {"machine": info, "command": "python -m benchmarks.chunk_rows", **run()}
-    md = ("# Rows per chunk for a dense X\n\n" + common.stamp_markdown(info, payload["command"]) + "\n"
-          + markdown(payload))
-    common.publish(f"chunk-rows-{info['platform']}", payload, md)
-    return 0
+    return common.report("chunk-rows", "Rows per chunk for a dense X", "python -m benchmarks.chunk_rows",
+                         run(), markdown)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,17 @@ def publish(name: str, payload: dict[str, Any], markdown: str) -> None:
     print(f"wrote {json_path} and {md_path}")
 
 
+def report(name: str, title: str, command: str, results: dict[str, Any],
+           render: Callable[[dict[str, Any]], str]) -> int:
+    """Publish one benchmark run as ``benchmarks/results/<name>-<platform>.{json,md}``: the
+    machine, the command and ``results``, rendered under ``title`` by ``render(payload)``."""
+    info = machine()
+    payload = {"machine": info, "command": command, **results}
+    md = f"# {title}\n\n" + stamp_markdown(info, command) + "\n" + render(payload)
+    publish(f"{name}-{info['platform']}", payload, md)
+    return 0
+
+
 def stamp_markdown(info: dict[str, Any], command: str) -> str:
     return (
         f"Machine: {info['cpu']} ({info['cpu_count']} cores), {info['platform']} "

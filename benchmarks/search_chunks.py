@@ -61,12 +61,8 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    info = common.machine()
-    payload = {"machine": info, "command": "python -m benchmarks.search_chunks", **run()}
-    md = ("# Chunk rows for many models\n\n" + common.stamp_markdown(info, payload["command"]) + "\n"
-          + markdown(payload))
-    common.publish(f"search-chunks-{info['platform']}", payload, md)
-    return 0
+    return common.report("search-chunks", "Chunk rows for many models", "python -m benchmarks.search_chunks",
+                         run(), markdown)
 
 
 if __name__ == "__main__":

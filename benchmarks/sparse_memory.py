@@ -61,13 +61,8 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str]) -> int:
     name = argv[0] if argv else "rcv1"
-    info = common.machine()
-    payload = {"machine": info, "command": "python -m benchmarks.sparse_memory" + (f" {name}" if argv else ""),
-               **run(name)}
-    md = ("# Memory of a sparse Newton-CG fit\n\n" + common.stamp_markdown(info, payload["command"]) + "\n"
-          + markdown(payload))
-    common.publish(f"sparse-memory-{info['platform']}", payload, md)
-    return 0
+    return common.report("sparse-memory", "Memory of a sparse Newton-CG fit",
+                         "python -m benchmarks.sparse_memory" + (f" {name}" if argv else ""), run(name), markdown)
 
 
 if __name__ == "__main__":
