@@ -41,7 +41,6 @@ SOLVERS = ("lbfgs", "newton-cg")
 PRECONDITION = _engine.RULES["newton_preconditioner"]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class FitResult:
     """What :func:`fit` returns.
@@ -297,11 +296,12 @@ def _epoch(params, state, key, data, *, optimizer, spec, plan, batch_size):
 
 @partial(jax.jit, static_argnames=("spec", "plan"))
 def _metrics(params, data, *, spec, plan):
-    """(risk without penalty, accuracy over counted rows) on a data set."""
+    """(risk without penalty, accuracy over counted rows) on a data set, from one fused pass
+    (the predictions come with the loss; no second product over X, dense or sparse)."""
     X, labels, sample_weight, _, smoothing, affine = data
     params = on_raw_features(_in_dtype(params, X.dtype), affine)
-    loss = _api.objective(params, X, labels, sample_weight, 0.0, smoothing, spec, plan)
-    predicted = jnp.argmax(_engine.scores(params.W, params.b, X), axis=-1)
+    loss, predicted = _api.loss(params.W, params.b, X, labels, sample_weight, smoothing, 0.0, spec, plan,
+                                return_predictions=True)
     if spec.soft:
         correct, counted = predicted == jnp.argmax(labels, axis=1), jnp.ones_like(predicted, bool)
     else:
@@ -440,14 +440,12 @@ def fit(
     if validation_data is not None:
         if not (isinstance(validation_data, tuple) and len(validation_data) == 2):
             raise TypeError("`validation_data` must be a tuple (X_val, labels_val).")
-        vproblem = _validate.prepare_problem(Params(W, b), validation_data[0], validation_data[1], None,
-                                             0.0, label_smoothing, ignore_index)
-        _validate.check_values(vproblem, ignore_index)
+        # Validated, planned and (a sparse X) laid out as the training data are.
+        vproblem, _, validation_plan = _api.prepare(Params(W, b), validation_data[0], validation_data[1],
+                                                    label_smoothing=label_smoothing, ignore_index=ignore_index)
         if vproblem.soft != soft:
             raise TypeError("`validation_data` labels must be of the same kind (ids or rows) as `labels`.")
         validation = (vproblem.X, vproblem.labels, None, 0.0, label_smoothing, affine)
-        validation_plan = _engine.make_plan(vproblem.X.shape[0], *W.shape,
-                                            itemsize=np.dtype(vproblem.X.dtype).itemsize)
 
     statics = dict(optimizer=optimizer, spec=spec, plan=plan) if solver is None else dict(spec=spec, plan=plan)
     checkpoints = None

@@ -291,3 +291,16 @@ def test_wrong_number_of_features_names_the_shapes(x64):
     X, y, params, _ = sparse_problem()
     with pytest.raises(ValueError, match=r"`params.W` must have shape \(n_features, n_classes\) = \(29, K\)"):
         jsoftmax.risk(params, X[:, :29], y)
+
+
+def test_sparse_validation_data_scores_as_its_dense_copy(x64):
+    # validation_data goes through the same preparation as the training data (a sparse X is
+    # laid out for its plan); it used to reach the engine as a host CSR and fail while tracing.
+    import optax
+
+    X, y, params, _ = sparse_problem()
+    y = jnp.where(y < 0, 0, y)
+    runs = [jsoftmax.fit(params, X.toarray(), y, optax.adam(1e-2), batch_size=16, max_epochs=3, seed=0,
+                         validation_data=(val, y)) for val in (X, X.toarray())]
+    np.testing.assert_allclose(runs[0].history["val_loss"], runs[1].history["val_loss"], rtol=1e-12)
+    np.testing.assert_array_equal(runs[0].history["val_accuracy"], runs[1].history["val_accuracy"])
