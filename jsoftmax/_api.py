@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from . import _engine, _mesh, _rows, _sparse, _validate
+from . import _engine, _inplace, _mesh, _rows, _sparse, _validate
 from ._reference import reference_loss
 from ._types import (
     Bias,
@@ -59,12 +59,16 @@ BACKWARDS = ("auto", "fused", "recompute")
 def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.0, z_loss=0.0,
             ignore_index=-100, reduction="mean", check_values=True, chunk_rows=None,
             class_chunk=None, mesh=None, data_axis=None, class_axis=None, softcap=None,
-            backward="auto", weight_grad_accumulation="auto"
+            backward="auto", weight_grad_accumulation="auto", in_place=False
             ) -> tuple[_validate.Problem, LossSpec, Plan]:
     """Validate and place the inputs of any loss; return them with what the loss is and how it
-    runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``)."""
+    runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``).
+
+    ``in_place``: a large NumPy X on a CPU is read where it lies instead of copied
+    (``_inplace``); for callers that block until their program ends (fits), since X must not
+    change while it runs. Not with a ``mesh``."""
     problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing,
-                                        ignore_index)
+                                        ignore_index, keep_host=in_place and mesh is None)
     _validate.check_scalar(z_loss, "z_loss", low=0.0, high=None)
     softcap = _validate.check_softcap(softcap)
     backward = _validate.check_choice(backward, "backward", BACKWARDS)
@@ -84,17 +88,6 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     if sparse and mesh is not None and (class_axis is not None or data_axis is None):
         raise ValueError("a sparse X is sharded over its rows only: give `data_axis` and no "
                          "`class_axis`.")
-    placed = _mesh.place_inputs(mesh, data_axis, class_axis, W=problem.W, b=problem.b,
-                                X=None if sparse else problem.X, labels=problem.labels,
-                                sample_weight=problem.sample_weight)
-    if sparse:
-        placed["X"] = problem.X
-    problem = problem._replace(**placed)
-    if check_values:
-        _validate.check_values(problem, ignore_index)
-        _validate.check_params(problem.W, problem.b, l2=(l2, 0.0, np.inf),
-                               label_smoothing=(label_smoothing, 0.0, 1.0),
-                               z_loss=(z_loss, 0.0, np.inf))
     spec = LossSpec(soft=problem.soft, ignore_index=int(ignore_index),
                     smoothing=_validate.is_active(label_smoothing),
                     z_loss=_validate.is_active(z_loss), reduction=reduction, softcap=softcap)
@@ -103,6 +96,19 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                              grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward),
                              sparse_indptr=problem.X.indptr if sparse else None,
                              itemsize=np.dtype(problem.X.dtype).itemsize)
+    placed = _mesh.place_inputs(mesh, data_axis, class_axis, W=problem.W, b=problem.b,
+                                X=None if sparse else problem.X, labels=problem.labels,
+                                sample_weight=problem.sample_weight)
+    if sparse:
+        placed["X"] = problem.X
+    elif isinstance(placed["X"], np.ndarray):  # kept on the host for in_place: read where it lies
+        placed["X"] = _inplace.place(placed["X"], plan.chunk_rows)
+    problem = problem._replace(**placed)
+    if check_values:
+        _validate.check_values(problem, ignore_index)
+        _validate.check_params(problem.W, problem.b, l2=(l2, 0.0, np.inf),
+                               label_smoothing=(label_smoothing, 0.0, 1.0),
+                               z_loss=(z_loss, 0.0, np.inf))
     if sparse:  # laid out for the plan's chunks, on the device (each device its own rows)
         blocks, sharding = 1, None
         if plan.mesh is not None:
@@ -600,6 +606,8 @@ def _reference_outputs(W, b, X, labels, eps, zeta, spec: LossSpec, return_lse: b
 
 
 def _all_scores(W, b, X):
+    if isinstance(X, _inplace.InPlaceRows):  # by chunks, each copied only while it is used
+        return _engine.all_scores(W, b, X)
     return _engine.scores(W, b, _engine.row_chunk(X, 0, X.shape[0]))
 
 
@@ -610,17 +618,30 @@ def _proba_jit(W, b, X):
 
 @jax.jit
 def _predict_jit(W, b, X):
+    if isinstance(X, _inplace.InPlaceRows):
+        return _engine.all_predictions(W, b, X)
     return jnp.argmax(_all_scores(W, b, X), axis=-1)
 
 
-def _features(params, X):
+def _features(params, X, in_place: bool = False):
     """Validated W, b and X for prediction; a sparse X as one chunk of rows (the (N, K) output
-    is as large as its scores), without the transposed copy a gradient needs."""
-    W, b, X = _validate.prepare_features(params, X)
+    is as large as its scores), without the transposed copy a gradient needs; with
+    ``in_place`` a large NumPy X read where it lies (``_inplace``)."""
+    W, b, X = _validate.prepare_features(params, X, keep_host=in_place)
     if isinstance(X, _sparse.CSR):
         _validate.check_sparse_values(X)
         X = _sparse.chunked_rows(X, X.shape[0], transposed=False)
+    elif isinstance(X, np.ndarray):
+        rows, _ = _engine.choose_chunks(X.shape[0], W.shape[1], d=X.shape[1], itemsize=X.dtype.itemsize)
+        X = _inplace.place(X, rows)
     return W, b, X
+
+
+def host_predictions(params: Params | Weights, X: Features, *, probabilities: bool) -> np.ndarray:
+    """:func:`predict_proba` (or :func:`predict`) as a NumPy array, for a caller that waits for
+    it anyway: a large NumPy X is then read in place instead of copied to the device."""
+    function = _proba_jit if probabilities else _predict_jit
+    return np.asarray(function(*_features(params, X, in_place=True)))
 
 
 def predict_proba(params: Params | Weights, X: Features) -> jax.Array:

@@ -14,7 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import check_scoring
+from sklearn.metrics import accuracy_score, check_scoring
 from sklearn.model_selection import check_cv
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
@@ -128,7 +128,7 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
         scale_l2 = (2.0 if k == 2 else 1.0) / totals
         means = scales = None
         if self.standardize:
-            moments = [column_moments(X[train]) for train, _ in folds]
+            moments = [column_moments(X, rows=np.isin(np.arange(n), train)) for train, _ in folds]
             means = np.stack([m for m, _ in moments])
             scales = np.stack([np.where(s > 0, s, 1.0) for _, s in moments])
         scorer = check_scoring(self, scoring=self.scoring) if self.scoring is not None else None
@@ -139,7 +139,8 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
         iterations = np.zeros((n_folds, n_cs), int)
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
-            X_device = X.astype(dtype) if _sparse.is_sparse(X) else jnp.asarray(np.asarray(X, dtype))
+            # A dense X in the fits' dtype, read in place by fit_many when large (no device copy).
+            X_device = X.astype(dtype) if _sparse.is_sparse(X) else np.asarray(X, dtype)
             labels = jnp.asarray(y_ids, jnp.int32)
             W = jnp.zeros((n_folds, d, k), dtype)
             b = jnp.zeros((n_folds, k), dtype) if self.fit_intercept else None
@@ -156,9 +157,11 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
             for j, C in enumerate(grid):
                 model = self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes,
                                      d, None if means is None else means[i], None if scales is None else scales[i])
-                scores[i, j] = (scorer(model, X[test], y[test]) if scorer is not None
-                                else model.score(X[test], y[test], sample_weight=None if sample_weight is None
-                                                 else base[test]))
+                if scorer is not None:
+                    scores[i, j] = scorer(model, X[test], y[test])
+                else:  # accuracy, as model.score(X[test], ...), from every row read in place (no X[test] copy)
+                    scores[i, j] = accuracy_score(y[test], model.predict(X)[test],
+                                                  sample_weight=None if sample_weight is None else base[test])
         best = int(np.argmax(scores.mean(axis=0)))
         self.Cs_, self.classes_ = grid, classes
         self.C_ = np.full(1 if k == 2 else k, grid[best])  # scikit-learn: one per class, one if binary

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from . import _rows, _sparse
+from . import _inplace, _rows, _sparse
 from ._mesh import constrain, partition_specs
 from ._types import (
     Bias,
@@ -58,6 +58,9 @@ GPU_CHUNK_BYTES = RULES["gpu"]["chunk_bytes"]  # on an accelerator a GEMM needs 
 GPU_ROWS = RULES["gpu"]["rows"]
 FLOAT32_WEIGHT_GRAD_BYTES = RULES["gpu"]["float32_weight_grad_bytes"]
 WEIGHT_GRAD_ACCUMULATIONS = ("auto", "float32", "input")
+# X laid out for chunks (sparse, or dense read in place): a chunk comes from ``X.chunk``.
+CHUNKED = (_sparse.SparseRows, _inplace.InPlaceRows)
+ChunkedX = _sparse.SparseRows | _inplace.InPlaceRows
 
 
 def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
@@ -381,7 +384,7 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
     return sums, rows
 
 
-def evaluate(W: Weights, b: Bias | None, X: Features | _sparse.SparseRows, labels, coef: RowValues, eps, zeta,
+def evaluate(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, coef: RowValues, eps, zeta,
              spec: LossSpec, plan: Plan, want: Want, lse: RowValues | None = None) -> Evaluation:
     """V = Σₙ cₙℓₙ and the gradients ``want`` asks for, in the accumulation dtype.
 
@@ -437,17 +440,19 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
                       rows.predicted)
 
 
+
+
 def row_chunk(X, start, size: int):
-    """Rows ``[start, start + size)`` of a dense X (a slice) or of a sparse one (its chunk)."""
-    if isinstance(X, _sparse.SparseRows):
+    """Rows ``[start, start + size)`` of a dense X (a slice) or of a chunked one (its chunk)."""
+    if isinstance(X, CHUNKED):
         return X.chunk(start, size)
     return X if (size == X.shape[0] and isinstance(start, int)) else lax.dynamic_slice_in_dim(X, start, size, axis=0)
 
 
 def _over_chunks(X, body, carry):
-    """``carry = body(carry, start, chunk)`` over the chunks of a sparse X (the last may be short);
-    a dense X is one chunk."""
-    if not isinstance(X, _sparse.SparseRows):
+    """``carry = body(carry, start, chunk)`` over the chunks of a chunked X (the last may be
+    short); a dense X is one chunk."""
+    if not isinstance(X, CHUNKED):
         return body(carry, 0, X)
     n, c = X.shape[0], X.chunk_rows
     n_full, rem = divmod(n, c)
@@ -457,13 +462,26 @@ def _over_chunks(X, body, carry):
 
 def all_scores(W: Weights, b: Bias | None, X) -> Scores:
     """Z = XW + b for every row, (N, K): for callers that keep all N×K values anyway."""
-    if not isinstance(X, _sparse.SparseRows):
+    if not isinstance(X, CHUNKED):
         return scores(W, b, X)
 
     def body(Z, start, chunk):
         return lax.dynamic_update_slice_in_dim(Z, scores(W, b, chunk).astype(Z.dtype), start, 0)
 
     return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
+
+
+def all_predictions(W: Weights, b: Bias | None, X) -> jax.Array:
+    """argmax (XW + b) for every row, (N,) int32; a chunked X chunk by chunk, so that no N×K
+    scores exist at once."""
+    if not isinstance(X, CHUNKED):
+        return jnp.argmax(scores(W, b, X), axis=-1).astype(jnp.int32)
+
+    def body(ids, start, chunk):
+        part = jnp.argmax(scores(W, b, chunk), axis=-1).astype(jnp.int32)
+        return lax.dynamic_update_slice_in_dim(ids, part, start, 0)
+
+    return _over_chunks(X, body, jnp.zeros((X.shape[0],), jnp.int32))
 
 
 def cached_hessian_vector(P: jax.Array, r: jax.Array, X, VW: Weights,
@@ -541,7 +559,7 @@ def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -
                          check_vma=False)(args)
 
 
-def hessian_vector(W: Weights, b: Bias | None, X: Features | _sparse.SparseRows, labels, coef: RowValues, VW: Weights,
+def hessian_vector(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, coef: RowValues, VW: Weights,
                    Vb: Bias | None, eps, zeta, spec: LossSpec, plan: Plan) -> tuple[jax.Array, jax.Array | None]:
     r"""The Hessian of V = Σₙ cₙℓₙ applied to a direction (V_W, V_b) (``docs/derivation.md`` §8).
 

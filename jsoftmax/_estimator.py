@@ -20,7 +20,6 @@ import math
 import numbers
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -29,9 +28,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _checkpoint, _sparse
+from . import _checkpoint, _inplace, _sparse
 from ._compat import enable_x64
-from ._api import predict, predict_proba
+from ._api import host_predictions
 from ._train import fit
 from ._types import Params
 
@@ -69,8 +68,9 @@ def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype
 
         padded = sp.vstack([X.astype(dtype), sp.csr_matrix((rows - n, d), dtype=dtype)], format="csr")
     else:
-        padded = np.zeros((rows, d), dtype)
+        padded = _inplace.aligned_empty((rows, d), dtype)  # adopted by the device, not copied
         padded[:n] = X
+        padded[n:] = 0
     return (padded, np.concatenate([y_ids, np.zeros(rows - n, y_ids.dtype)]),
             np.concatenate([sample_weight, np.zeros(rows - n, sample_weight.dtype)]))
 
@@ -108,21 +108,29 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None, sparse: bool =
     return "newton-cg" if sparse else "lbfgs"
 
 
-def column_moments(X: np.ndarray, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def column_moments(X: np.ndarray, block_rows: int | None = None,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation in float64, over blocks of rows (default: 16 MiB
-    of float64 each): no N×D temporary (numpy's ``std`` would build X − mean whole). A sparse X
-    is scaled without centring (mean 0, as ``StandardScaler(with_mean=False)``): centring would
-    fill in every zero."""
+    of float64 each): no N×D temporary (numpy's ``std`` would build X − mean whole). ``rows``:
+    a boolean (N,) mask of the rows to use (a fold's training rows), taken block by block
+    instead of as a copy ``X[rows]``. A sparse X is scaled without centring (mean 0, as
+    ``StandardScaler(with_mean=False)``): centring would fill in every zero."""
     if _sparse.is_sparse(X):
-        return _sparse.column_moments(X)
+        return _sparse.column_moments(X if rows is None else X[np.flatnonzero(rows)])
     n = X.shape[0]
     block_rows = block_rows or max(1, 2**21 // max(X.shape[1], 1))
-    mean = X.sum(axis=0, dtype=np.float64) / n
+    blocks = [slice(start, start + block_rows) for start in range(0, n, block_rows)]
+
+    def block(part: slice) -> np.ndarray:
+        return X[part] if rows is None else X[part][rows[part]]
+
+    count = n if rows is None else int(np.count_nonzero(rows))
+    mean = sum(block(part).sum(axis=0, dtype=np.float64) for part in blocks) / count
     squares = np.zeros(X.shape[1])
-    for start in range(0, n, block_rows):
-        block = X[start:start + block_rows].astype(np.float64) - mean
-        squares += np.einsum("ij,ij->j", block, block)
-    return mean, np.sqrt(squares / n)
+    for part in blocks:
+        centred = block(part).astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", centred, centred)
+    return mean, np.sqrt(squares / count)
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
@@ -302,11 +310,12 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                                  "full-batch solvers 'lbfgs' or 'newton-cg'.")
             X_fit, y_fit, w_fit = ((np.asarray(X, dtype), y_ids, sample_weight) if minibatch
                                    else pad_rows(X, y_ids, sample_weight, dtype))
-            # X goes to the device once, in the fit's dtype; standardisation is folded into
-            # the weights (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
+            # X reaches the device in the fit's dtype without another copy (a large X is read
+            # in place, see jsoftmax._inplace); standardisation is folded into the weights
+            # (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
             result = fit(
                 Params(W0, b0),
-                X_fit if _sparse.is_sparse(X_fit) else jax.device_put(X_fit),  # one copy
+                X_fit,
                 jnp.asarray(y_fit, jnp.int32),
                 **solver,
                 sample_weight=jnp.asarray(w_fit, dtype),
@@ -375,16 +384,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return validate_data(self, X, dtype=self._input_dtypes(), reset=False, accept_sparse="csr")
 
-    def _run(self, function, X):
-        """``function(params, X)`` on the raw features with the folded coefficients, in the
-        model's dtype."""
+    def _run(self, probabilities: bool, X):
+        """:func:`jsoftmax.predict_proba` (or ``predict``) on the raw features with the folded
+        coefficients, in the model's dtype, as NumPy (a large X is read in place)."""
         X = self._features(X)
         W, b = self._raw_coefficients()
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
             b = None if b is None else jnp.asarray(b, dtype)
-            X = X.astype(dtype) if _sparse.is_sparse(X) else jnp.asarray(X, dtype)
-            return np.asarray(function(Params(jnp.asarray(W, dtype), b), X))
+            X = X.astype(dtype) if _sparse.is_sparse(X) else np.asarray(X, dtype)
+            return host_predictions(Params(jnp.asarray(W, dtype), b), X, probabilities=probabilities)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
@@ -397,7 +406,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (N, K), columns in the order of ``classes_``."""
-        return self._run(predict_proba, X).astype(np.float64)
+        return self._run(True, X).astype(np.float64)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log class probabilities, computed stably from the scores."""
@@ -410,7 +419,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class per row, as labels from ``classes_``."""
-        ids = self._run(predict, X)  # checks fitted-ness first
+        ids = self._run(False, X)  # checks fitted-ness first
         return self.classes_[ids]
 
     # --- persistence --------------------------------------------------------------------

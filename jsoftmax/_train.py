@@ -388,9 +388,11 @@ def fit(
       >>> result.converged, result.stop_reason
       (True, 'gtol')
     """
+    # A full-batch fit blocks until it ends, so a large NumPy X is read in place (_inplace).
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
-                                       mesh=mesh, data_axis=data_axis, class_axis=class_axis)
+                                       mesh=mesh, data_axis=data_axis, class_axis=class_axis,
+                                       in_place=batch_size is None)
     batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
     if optimizer is not None and solver is not None:
         raise ValueError("give either `optimizer` (an optax transformation) or `solver`, not both.")
@@ -728,7 +730,8 @@ def fit_many(
         raise ValueError(f"`tol` must be a non-negative number; got {tol!r}.")
     first = Params(W[0], None if b is None else b[0])
     problem, spec, plan = _api.prepare(first, X, labels, sample_weight=sample_weights[0], l2=0.0,
-                                       label_smoothing=label_smoothing, ignore_index=ignore_index)
+                                       label_smoothing=label_smoothing, ignore_index=ignore_index,
+                                       in_place=True)
     if b is not None and b.shape != (m, W.shape[2]):
         raise ValueError(f"`params.b` must be (M, K) = ({m}, {W.shape[2]}); got {b.shape}.")
     counted = np.ones(problem.X.shape[0], bool) if problem.soft else np.asarray(problem.labels) != ignore_index

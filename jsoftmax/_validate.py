@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sparse
+from . import _inplace, _sparse
 from ._compat import is_tracer
 from ._types import Params
 
@@ -128,11 +128,17 @@ def check_direction(V: Any, params: Any, W: jax.Array, b: jax.Array | None
     return out[0], out[1]
 
 
-def prepare_features(params: Any, X: Any) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+def prepare_features(params: Any, X: Any, keep_host: bool = False
+                     ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """Validate ``params`` and ``X`` (shape, dtype, agreement); return ``W, b, X``. A sparse
-    ``X`` (scipy.sparse, BCOO, BCSR) comes back as a canonical host CSR (see ``_sparse``)."""
+    ``X`` (scipy.sparse, BCOO, BCSR) comes back as a canonical host CSR (see ``_sparse``);
+    with ``keep_host`` a NumPy X of a dtype JAX keeps stays on the host (for ``_inplace``)."""
     W, b = split_params(params)
-    X = _sparse.as_csr(X, "X") if _sparse.is_sparse(X) else _as_array(X, "X")
+    if _sparse.is_sparse(X):
+        X = _sparse.as_csr(X, "X")
+    elif not (keep_host and isinstance(X, np.ndarray) and X.dtype.kind == "f"
+              and jax.dtypes.canonicalize_dtype(X.dtype) == X.dtype):
+        X = _as_array(X, "X")
     if X.ndim != 2:
         raise ValueError(f"`X` must be 2-D with shape (n_samples, n_features); got shape {X.shape}.")
     _require_float(X, "X")
@@ -158,9 +164,10 @@ def prepare_problem(
     l2: Any,
     label_smoothing: Any,
     ignore_index: Any,
+    keep_host: bool = False,
 ) -> Problem:
     """Validate everything static about a risk evaluation; see the module docstring."""
-    W, b, X = prepare_features(params, X)
+    W, b, X = prepare_features(params, X, keep_host)
     n, k = X.shape[0], W.shape[1]
 
     labels = _class_ids_if_integer(labels, k)
@@ -313,7 +320,8 @@ def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
     n = labels.shape[0]
     # max|X| is one fused reduction (NaN propagates through max); all(isfinite(X)) would make
     # XLA on CPU materialise an N×D boolean mask first.
-    summary = {"x_finite": jnp.array(True) if X is None else jnp.isfinite(jnp.max(jnp.abs(X)))}
+    summary = {"x_finite": jnp.array(True) if X is None else jnp.isfinite(
+        X.max_abs() if isinstance(X, _inplace.InPlaceRows) else jnp.max(jnp.abs(X)))}
     if soft:
         y = labels.astype(jnp.float32 if labels.dtype.itemsize < 4 else labels.dtype)
         row_sum = jnp.sum(y, axis=1)

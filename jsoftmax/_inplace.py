@@ -1,0 +1,144 @@
+"""A dense NumPy X that the CPU device reads where it lies, without a copy (:class:`InPlaceRows`).
+
+JAX on a CPU adopts a NumPy buffer without copying it only when the buffer is 64-byte aligned.
+glibc places every large allocation 16 bytes past a page boundary, so ``jax.device_put(X)``
+of a user's X copies it: a second X for the length of every fit
+(``benchmarks/results/fit-memory-cpu.md``). Instead the device adopts X's values from its
+first 64-byte boundary on, ``s`` values in, as rows of D:
+
+.. math::
+
+    F_i = (x_{i,s}, \\dots, x_{i,D-1}, x_{i+1,0}, \\dots, x_{i+1,s-1}), \\qquad i < N - 1,
+
+so that row r of X is the last ``s`` values of F's row r − 1 followed by the first D − s of
+row r. Two rows are copied to close the ends: ``edges[0]`` stands before F (its last ``s``
+values are X's first) and ``edges[1]`` after it (its first D − s values end X's last row). A
+chunk of rows is one slice of F plus one row, shifted into place in the copy that the chunk's
+slice costs anyway (``benchmarks/results/fit-memory-cpu.md``: the same time as slicing a
+copied X).
+
+Row indices stay row indices (no flat index reaches 2³¹ values). X must not change while a
+program that reads it runs: the fits that use this block until they finish.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+ALIGNMENT = 64  # bytes: what XLA on CPU needs to adopt a host buffer
+# Smaller X are copied as before: the copy is cheap and needs no other program.
+MIN_BYTES = 16 * 2**20
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-ordered array whose buffer starts on a 64-byte boundary, so that
+    ``jax.device_put`` adopts it on a CPU instead of copying it."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _shift(X: np.ndarray) -> int | None:
+    """Values before X's first 64-byte boundary, or None when X cannot be read in place."""
+    address, itemsize = X.ctypes.data, X.dtype.itemsize
+    if address % itemsize:
+        return None
+    shift = ((-address) % ALIGNMENT) // itemsize
+    n, d = X.shape
+    return shift if shift <= d and n >= 2 else None
+
+
+def place(X, chunk_rows: int):
+    """X on the default device: a NumPy X adopted in place when it is large, C-ordered and on
+    a CPU (an :class:`InPlaceRows`, or the array itself when already aligned); otherwise one
+    copy (``jax.device_put``). ``chunk_rows``: rows per chunk for whole-X passes."""
+    if not isinstance(X, np.ndarray):
+        return X
+    device = jax.devices()[0]
+    eligible = (device.platform == "cpu" and X.ndim == 2 and X.flags.c_contiguous
+                and X.nbytes >= MIN_BYTES and jax.dtypes.canonicalize_dtype(X.dtype) == X.dtype)
+    shift = _shift(X) if eligible else None
+    if not shift:  # aligned (JAX adopts it itself), or not eligible (one copy)
+        return jax.device_put(X)
+    n, d = X.shape
+    flat = X.reshape(-1)
+    body = flat[shift:shift + (n - 1) * d].reshape(n - 1, d)
+    adopted = jax.device_put(body)
+    if adopted.unsafe_buffer_pointer() != body.ctypes.data:  # this JAX copied it after all
+        del adopted
+        return jax.device_put(X)
+    edges = np.zeros((2, d), X.dtype)
+    edges[0, d - shift:] = flat[:shift]
+    edges[1, :d - shift] = flat[n * d - (d - shift):]
+    return InPlaceRows(adopted, jax.device_put(edges), (n, d), shift, chunk_rows, host=X)
+
+
+@jax.tree_util.register_pytree_node_class
+class InPlaceRows:
+    """Dense X (N, D) read in place (see the module doc). Leaves: ``body`` (N − 1, D), the
+    adopted buffer, and ``edges`` (2, D); static: ``shape``, ``shift`` (s) and ``chunk_rows``
+    (rows per chunk of a whole-X pass). ``host`` is the NumPy X (outside programs only)."""
+
+    def __init__(self, body, edges, shape, shift: int, chunk_rows: int, host=None):
+        self.body, self.edges = body, edges
+        self.shape, self.shift, self.chunk_rows = tuple(shape), int(shift), int(chunk_rows)
+        self.host = host
+
+    def tree_flatten(self):
+        return (self.body, self.edges), (self.shape, self.shift, self.chunk_rows)
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        return cls(*leaves, *aux)
+
+    @property
+    def dtype(self):
+        return self.body.dtype
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __array__(self, dtype=None, copy=None):
+        """The NumPy X (fingerprints, host-side checks); not available inside a program."""
+        if self.host is None:
+            raise TypeError("an InPlaceRows inside a program has no host array.")
+        return self.host if dtype is None else self.host.astype(dtype)
+
+    def _rows(self, window):
+        """Rows from ``size + 1`` consecutive rows of F (with the edges): each row is the last
+        s values of one and the first D − s of the next."""
+        d, s = self.shape[1], self.shift
+        return jnp.concatenate([window[:-1, d - s:], window[1:, :d - s]], axis=1)
+
+    def chunk(self, start, size: int) -> jax.Array:
+        """Rows ``[start, start + size)`` as a (size, D) array; ``start`` may be traced."""
+        n, d = self.shape
+        if size == n:  # the whole of X (a small problem's single chunk)
+            return self._rows(jnp.concatenate([self.edges[:1], self.body, self.edges[1:]]))
+
+        def first():  # rows 0 .. size - 1: edges[0], then F's rows 0 .. size - 1
+            return self._rows(jnp.concatenate([self.edges[:1], lax.slice_in_dim(self.body, 0, size)]))
+
+        def middle():  # F's rows start - 1 .. start + size - 1
+            return self._rows(lax.dynamic_slice_in_dim(self.body, start - 1, size + 1))
+
+        def last():  # F's rows start - 1 .. n - 2, then edges[1]
+            return self._rows(jnp.concatenate([lax.dynamic_slice_in_dim(self.body, start - 1, size),
+                                               self.edges[1:]]))
+
+        if isinstance(start, int):
+            return first() if start == 0 else last() if start + size == n else middle()
+        branch = jnp.where(start == 0, 0, jnp.where(start + size >= n, 1, 2))
+        return lax.switch(branch, (first, last, middle) if size + 2 <= n else (first, last))
+
+    def max_abs(self) -> jax.Array:
+        """max |x| over X (NaN if any value is NaN): the edges' padding zeros change nothing."""
+        return jnp.maximum(jnp.max(jnp.abs(self.body)), jnp.max(jnp.abs(self.edges)))
