@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from . import _engine, _inplace, _mesh, _rows, _sparse, _validate
+from . import _aot, _engine, _inplace, _mesh, _rows, _sparse, _validate
 from ._reference import reference_loss
 from ._types import (
     Bias,
@@ -639,9 +639,10 @@ def _features(params, X, in_place: bool = False):
 
 def host_predictions(params: Params | Weights, X: Features, *, probabilities: bool) -> np.ndarray:
     """:func:`predict_proba` (or :func:`predict`) as a NumPy array, for a caller that waits for
-    it anyway: a large NumPy X is then read in place instead of copied to the device."""
+    it anyway: a large NumPy X is then read in place instead of copied to the device, and the
+    program comes from ``_aot``'s store."""
     function = _proba_jit if probabilities else _predict_jit
-    return np.asarray(function(*_features(params, X, in_place=True)))
+    return np.asarray(_aot.call(function, _features(params, X, in_place=True), {}))
 
 
 def predict_proba(params: Params | Weights, X: Features) -> jax.Array:

@@ -141,12 +141,14 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
             dtype = jnp.dtype(self.dtype)
             # A dense X in the fits' dtype, read in place by fit_many when large (no device copy).
             X_device = X.astype(dtype) if _sparse.is_sparse(X) else np.asarray(X, dtype)
-            labels = jnp.asarray(y_ids, jnp.int32)
-            W = jnp.zeros((n_folds, d, k), dtype)
-            b = jnp.zeros((n_folds, k), dtype) if self.fit_intercept else None
+            # NumPy inputs: no eager JAX conversions to compile (fit_many's program is stored, _aot).
+            labels = np.asarray(y_ids, np.int32)
+            W = np.zeros((n_folds, d, k), dtype)
+            b = np.zeros((n_folds, k), dtype) if self.fit_intercept else None
+            fold_weights = np.asarray(weights, dtype)
             for j, C in enumerate(grid):  # warm-started along the path, folds in parallel
-                result = fit_many(Params(W, b), X_device, labels, sample_weights=jnp.asarray(weights, dtype),
-                                  l2=jnp.asarray(scale_l2 / C, dtype), solver=self.solver, tol=float(self.tol),
+                result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
+                                  l2=np.asarray(scale_l2 / C, dtype), solver=self.solver, tol=float(self.tol),
                                   max_iter=int(self.max_iter), feature_means=means, feature_scales=scales)
                 W, b = result.params.W, result.params.b
                 paths[:, j] = np.asarray(W, np.float64)

@@ -300,10 +300,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         )
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
-            W0 = jnp.asarray(self._W if warm else np.zeros((n_features, n_classes)), dtype)
+            # NumPy arrays in the fit's dtype: no eager JAX conversion (a program to compile) here.
+            W0 = np.asarray(self._W if warm else np.zeros((n_features, n_classes)), dtype)
             b0 = None
             if self.fit_intercept:
-                b0 = jnp.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
+                b0 = np.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
             minibatch = self.batch_size is not None
             if minibatch and _sparse.is_sparse(X):
                 raise ValueError("`batch_size` (minibatches) is not supported for sparse X; use the "
@@ -316,9 +317,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             result = fit(
                 Params(W0, b0),
                 X_fit,
-                jnp.asarray(y_fit, jnp.int32),
+                np.asarray(y_fit, np.int32),
                 **solver,
-                sample_weight=jnp.asarray(w_fit, dtype),
+                sample_weight=np.asarray(w_fit, dtype),
                 l2=l2,
                 batch_size=self.batch_size,
                 max_iter=int(self.max_iter),

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from . import _api, _checkpoint, _engine, _solvers, _sparse, _validate
+from . import _aot, _api, _checkpoint, _engine, _solvers, _sparse, _validate
 from ._types import Features, Labels, LossSpec, Params, Plan, RowValues, Weights, accumulation_dtype
 
 
@@ -82,6 +82,12 @@ def _uses_linesearch(state) -> bool:
     Decided from the state's structure, which is static, so it costs nothing under jit.
     """
     return optax.tree.get(state, "value", None) is not None
+
+
+def _host_inf_norm(tree) -> float:
+    """max |leaf| over a small pytree (a gradient), on the host: no eager JAX program."""
+    # np.max, not Python's max: a NaN must win (a diverged fit is reported as such).
+    return float(np.max([np.max(np.abs(np.asarray(leaf)), initial=0.0) for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
 def _inf_norm(tree) -> jax.Array:
@@ -460,17 +466,14 @@ def fit(
              "dtype": jnp.dtype(W.dtype).name,
              "optimizer": solver or type(optimizer).__name__})
         checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, fingerprint)
-    if solver == "lbfgs":
-        steps = (partial(_lbfgs_start, **statics), partial(_lbfgs_segment, **statics))
-        run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
-                              checkpoints, resume)
-    elif solver == "newton-cg":
-        steps = (partial(_newton_start, **statics),
-                 partial(_newton_segment, max_cg=_max_cg(W.size + (0 if b is None else b.size)), **statics))
-        run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
-                              checkpoints, resume)
-    elif batch_size is None:
-        steps = (partial(_full_batch_start, **statics), partial(_full_batch_segment, **statics))
+    if solver is not None or batch_size is None:  # full batch: a compiled start, then segments
+        # (start, its static arguments), (segment, its static arguments): run through _aot.
+        segment_statics = dict(statics)
+        if solver == "newton-cg":
+            segment_statics["max_cg"] = _max_cg(W.size + (0 if b is None else b.size))
+        functions = {"lbfgs": (_lbfgs_start, _lbfgs_segment), "newton-cg": (_newton_start, _newton_segment),
+                     None: (_full_batch_start, _full_batch_segment)}[solver]
+        steps = ((functions[0], statics), (functions[1], segment_statics))
         run = _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
                               checkpoints, resume)
     else:
@@ -543,10 +546,12 @@ def _max_cg(n_params: int) -> int:
 
 def _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every, checkpoints,
                     resume):
-    """Drive a full-batch loop (``steps`` = its compiled start and segment functions) in
-    segments for callbacks and checkpoints; the carry is (it, params, state, value, grad, losses)."""
-    start_fn, segment_fn = steps
-    carry = start_fn(start, data, max_iter=max_iter)
+    """Drive a full-batch loop in segments for callbacks and checkpoints; ``steps`` = its jitted
+    start and segment functions, each with its static arguments (called through ``_aot``:
+    loaded, not traced, in a process after the first). The carry is (it, params, state,
+    value, grad, losses)."""
+    (start_fn, start_statics), (segment_fn, statics) = steps
+    carry = _aot.call(start_fn, (start, data), {**start_statics, "max_iter": max_iter})
     if resume:
         # The state without the loss buffer (its length depends on max_iter); history in meta.
         state, meta = checkpoints.resume(carry[:5])
@@ -561,12 +566,12 @@ def _fit_full_batch(start, data, tol, max_iter, steps, callback, callback_every,
         segment = min(segment, callback_every)
     if checkpoints is not None:
         segment = min(segment, checkpoints.every)
-    tol_arr = jnp.asarray(tol, carry[3].dtype)
+    tol_arr = np.asarray(tol, carry[3].dtype)  # NumPy scalars: no eager JAX operation to compile
     while True:
         it = int(carry[0])
         limit = min(it + segment, max_iter)
-        carry = segment_fn(carry, jnp.asarray(limit), tol_arr, data)
-        it, grad_inf = int(carry[0]), float(_inf_norm(carry[4]))
+        carry = _aot.call(segment_fn, (carry, np.asarray(limit, np.int32), tol_arr, data), statics)
+        it, grad_inf = int(carry[0]), _host_inf_norm(carry[4])
         if checkpoints is not None:
             history = [float(v) for v in np.asarray(carry[5])[: it + 1]]
             checkpoints.save(it, carry[:5], {"mode": "full_batch", "history": history})
@@ -728,8 +733,10 @@ def fit_many(
     max_iter = _positive_int(max_iter, "max_iter")
     if not (isinstance(tol, numbers.Real) and tol >= 0):
         raise ValueError(f"`tol` must be a non-negative number; got {tol!r}.")
-    first = Params(W[0], None if b is None else b[0])
-    problem, spec, plan = _api.prepare(first, X, labels, sample_weight=sample_weights[0], l2=0.0,
+    # The first model validates the shared inputs; sliced on the host (no eager JAX program).
+    first = Params(np.asarray(W)[0],
+                   None if b is None else np.asarray(b)[0])
+    problem, spec, plan = _api.prepare(first, X, labels, sample_weight=np.asarray(sample_weights)[0], l2=0.0,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
                                        in_place=True)
     if b is not None and b.shape != (m, W.shape[2]):
@@ -747,7 +754,7 @@ def fit_many(
                 or not np.all(np.isfinite(scales)) or np.any(scales <= 0):
             raise ValueError(f"`feature_means`/`feature_scales` must be ({m}, {d}) finite, scales positive.")
         acc = accumulation_dtype(problem.X.dtype)
-        means, scales = jnp.asarray(means, acc), jnp.asarray(1.0 / scales, acc)
+        means, scales = np.asarray(means, acc), np.asarray(1.0 / scales, acc)
     if not isinstance(problem.X, _sparse.SparseRows):  # (a sparse X is laid out by its plan already)
         # Under vmap the M models' scores of a chunk are live together, as one (rows, M·K) block:
         # plan the chunk for M·K classes. Planned for K, 5 models of 50000×128×20 ran 1.7× the
@@ -757,12 +764,13 @@ def fit_many(
                                     itemsize=np.dtype(problem.X.dtype).itemsize)
         plan = dataclasses.replace(plan, chunk_rows=stacked.chunk_rows, feature_blocks=stacked.feature_blocks)
     acc = accumulation_dtype(problem.W.dtype)
-    start = jax.tree_util.tree_map(lambda a: jnp.asarray(a, acc), Params(W, b))
-    weights = jnp.asarray(sample_weights, problem.X.dtype)
-    fitted, n_iter, grad_norm, value = _fit_many_jit(
-        start, problem.X, problem.labels, weights, jnp.asarray(l2, acc), label_smoothing, means, scales,
-        jnp.asarray(tol, acc), solver=solver, spec=spec, plan=plan, max_iter=max_iter,
-        max_cg=_max_cg(W.shape[1] * W.shape[2] + (0 if b is None else W.shape[2])))
+    # NumPy inputs (no eager JAX conversions to compile); the program itself comes from _aot.
+    start = jax.tree_util.tree_map(lambda a: np.asarray(a, acc), Params(W, b))
+    weights = np.asarray(sample_weights, problem.X.dtype)
+    fitted, n_iter, grad_norm, value = _aot.call(_fit_many_jit, (
+        start, problem.X, problem.labels, weights, np.asarray(l2, acc), label_smoothing, means, scales,
+        np.asarray(tol, acc)), dict(solver=solver, spec=spec, plan=plan, max_iter=max_iter,
+                                    max_cg=_max_cg(W.shape[1] * W.shape[2] + (0 if b is None else W.shape[2]))))
     fitted = _in_dtype(fitted, W.dtype)
     grad_norm = np.asarray(grad_norm, np.float64)
     return ManyResult(fitted if isinstance(params, Params) else fitted.W, np.asarray(n_iter),

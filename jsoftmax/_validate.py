@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _inplace, _sparse
+from . import _aot, _inplace, _sparse
 from ._compat import is_tracer
 from ._types import Params
 
@@ -410,7 +410,7 @@ def check_params(W, b, **options: tuple[Any, float, float]) -> None:
         jax.debug.callback(partial(_raise_if_bad_params, options=bounds), summary)
     else:
         with jax.ensure_compile_time_eval():
-            summary = _params_summary(W, b, {})
+            summary = _aot.call(_params_summary, (W, b, {}), {})
         _raise_if_bad_params(jax.device_get(summary), options=bounds)
 
 
@@ -438,5 +438,5 @@ def check_values(problem: Problem, ignore_index: int) -> None:
     else:
         # Concrete data, possibly closed over inside the caller's jit: evaluate now, raise now.
         with jax.ensure_compile_time_eval():
-            summary = _value_summary(X, labels, sample_weight, **kwargs)
+            summary = _aot.call(_value_summary, (X, labels, sample_weight), kwargs)
         _raise_if_invalid(jax.device_get(summary), **kwargs)

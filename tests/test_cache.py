@@ -21,7 +21,7 @@ result = jsoftmax.fit(jsoftmax.Params(jnp.zeros((2, 2)), jnp.zeros(2)), X, y, l2
 print(json.dumps({"folder": None if jsoftmax.compilation_cache_dir is None else str(jsoftmax.compilation_cache_dir),
                   "config": jax.config.jax_compilation_cache_dir, "misses": events.count("/jax/compilation_cache/cache_misses"),
                   "hits": events.count("/jax/compilation_cache/cache_hits"),
-                  "converged": result.converged,
+                  "converged": result.converged, "programs": jsoftmax._aot.stats,
                   "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
 """
 
@@ -40,7 +40,9 @@ def test_second_process_loads_instead_of_compiling(tmp_path):
     second = _run({"JSOFTMAX_CACHE_DIR": str(folder)})
     assert first["folder"] == first["config"] == str(folder) and first["converged"] and second["converged"]
     assert first["misses"] > 5 and any(folder.iterdir())
-    assert second["misses"] == 0 and second["hits"] >= first["misses"]  # all from disk
+    # All from disk: JAX's cache, or jsoftmax's own store for the solver's programs (jsoftmax._aot).
+    assert second["misses"] == 0 and second["programs"]["compiled"] == second["programs"]["failed"] == 0
+    assert second["hits"] + second["programs"]["loaded"] >= first["misses"]
     assert folder.stat().st_mode & 0o777 == 0o700
 
 
@@ -71,3 +73,65 @@ def test_folder_others_can_write_is_refused(tmp_path):
     out = _run({"JSOFTMAX_CACHE_DIR": str(shared)})
     assert out["folder"] is None and "writable by other users" in out["warnings"][0]
     assert out["converged"]
+
+
+# --- compiled programs kept on disk (jsoftmax._aot) -----------------------------------------
+
+ESTIMATOR = """
+import json, sys, warnings
+warnings.simplefilter("always")
+import jax, numpy as np
+from sklearn.datasets import load_iris
+lowerings = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: lowerings.append(event) if event.endswith("jaxpr_to_mlir_module_duration") else None)
+with warnings.catch_warnings(record=True) as caught:
+    import jsoftmax
+    from jsoftmax import _aot
+    X, y = load_iris(return_X_y=True)
+    model = jsoftmax.SoftmaxRegression(standardize=True, solver=sys.argv[1], tol=1e-8).fit(X, y)
+    predicted = model.predict(X)
+print(json.dumps({"coef": model.coef_.tolist(), "lowerings": len(lowerings), **_aot.stats,
+                  "accuracy": float((predicted == y).mean()),
+                  "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
+"""
+
+
+def _run_estimator(folder, solver="lbfgs"):
+    env = {k: v for k, v in os.environ.items() if k != "JSOFTMAX_CACHE_DIR"}
+    env.update(JSOFTMAX_CACHE_DIR=str(folder), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", ESTIMATOR, solver], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_new_process_loads_the_fit_without_tracing_or_lowering_it(tmp_path):
+    first = _run_estimator(tmp_path / "cache")
+    programs = sorted((tmp_path / "cache" / "programs").glob("*.bin"))
+    assert first["compiled"] >= 4 and len(programs) == first["compiled"] and first["lowerings"] > 0
+    second = _run_estimator(tmp_path / "cache")
+    assert second["compiled"] == second["failed"] == 0 and second["loaded"] == first["compiled"]
+    assert second["lowerings"] == 0  # nothing traced or lowered: the fit and prediction loaded whole
+    assert second["coef"] == first["coef"] and second["accuracy"] > 0.95 and not second["warnings"]
+    newton = _run_estimator(tmp_path / "cache", "newton-cg")  # other programs: other keys
+    assert newton["compiled"] >= 2
+
+
+def test_a_damaged_or_foreign_program_file_is_compiled_again(tmp_path):
+    first = _run_estimator(tmp_path / "cache")
+    programs = sorted((tmp_path / "cache" / "programs").glob("*.bin"))
+    programs[0].write_bytes(b"not a program")
+    programs[1].write_bytes(programs[2].read_bytes())  # a valid file stored under another key
+    again = _run_estimator(tmp_path / "cache")
+    assert again["compiled"] == 2 and again["loaded"] == first["compiled"] - 2
+    assert again["coef"] == first["coef"] and not again["warnings"]
+    assert _run_estimator(tmp_path / "cache")["compiled"] == 0  # replaced by good files
+
+
+def test_a_program_folder_that_cannot_be_written_warns_once_and_fits(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    (folder / "programs").write_text("a file where the folder should be")
+    out = _run_estimator(folder)
+    assert out["accuracy"] > 0.95 and out["compiled"] >= 4
+    assert len(out["warnings"]) == 1 and "could not keep a compiled program" in out["warnings"][0]
