@@ -52,6 +52,9 @@ def enable(cache_folder: Path | None) -> Path | None:
 def call(jitted: Callable, args: tuple, static: dict[str, Any]):
     """``jitted(*args, **static)``, from a stored compiled program when the store is on."""
     key = None if _folder is None else _key(jitted, args, static)
+    if key is not None and not _private(_folder):  # loading runs code: only from a private folder
+        _warn(f"jsoftmax does not use the compiled programs in {_folder}: others may write there")
+        key = None
     if key is None:
         stats["bypassed"] += 1
         return jitted(*args, **static)
@@ -160,6 +163,18 @@ def _source() -> str:
     return _source_digest
 
 
+def _private(folder: Path) -> bool:
+    """The folder is this user's and nobody else may write to it (or it does not exist yet)."""
+    try:
+        info = folder.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    owner_ok = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return owner_ok and not info.st_mode & 0o022
+
+
 def _read(key: str):
     from jax.experimental.serialize_executable import deserialize_and_load
 
@@ -186,7 +201,6 @@ def _remove(path: Path) -> None:
 
 
 def _write(key: str, compiled) -> None:
-    global _warned
     from jax.experimental.serialize_executable import serialize
 
     temporary = None
@@ -200,7 +214,12 @@ def _write(key: str, compiled) -> None:
     except Exception as err:  # noqa: BLE001 - a program that cannot be kept is still run
         if temporary is not None:
             _remove(Path(temporary))
-        if not _warned:
-            _warned = True
-            warnings.warn(f"jsoftmax could not keep a compiled program in {_folder}: {err}",
-                          RuntimeWarning, stacklevel=3)
+        _warn(f"jsoftmax could not keep a compiled program in {_folder}: {err}")
+
+
+def _warn(message: str) -> None:
+    """One RuntimeWarning per process: the store's trouble never stops a fit."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(message, RuntimeWarning, stacklevel=4)

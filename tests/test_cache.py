@@ -135,3 +135,14 @@ def test_a_program_folder_that_cannot_be_written_warns_once_and_fits(tmp_path):
     out = _run_estimator(folder)
     assert out["accuracy"] > 0.95 and out["compiled"] >= 4
     assert len(out["warnings"]) == 1 and "could not keep a compiled program" in out["warnings"][0]
+
+
+def test_a_program_folder_others_can_write_is_not_used(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    (folder / "programs").mkdir()
+    (folder / "programs").chmod(0o777)
+    out = _run_estimator(folder)
+    assert out["accuracy"] > 0.95 and out["compiled"] == out["loaded"] == 0 and out["bypassed"] >= 4
+    assert not any((folder / "programs").iterdir())
+    assert len(out["warnings"]) == 1 and "others may write there" in out["warnings"][0]
