@@ -62,7 +62,10 @@ def call(jitted: Callable, args: tuple, static: dict[str, Any]):
     if compiled is None:
         compiled = _read(key)
         if compiled is None:
-            compiled = _compile_afresh(jitted, args, static)
+            compiled = _compile_afresh(jitted, args, static)  # tracing errors are the caller's
+            if compiled is None:
+                stats["bypassed"] += 1
+                return jitted(*args, **static)
             stats["compiled"] += 1
             _write(key, compiled)
         else:
@@ -91,12 +94,16 @@ FRESH_OPTIONS = {"xla_dump_large_constants": True}
 
 
 def _compile_afresh(jitted: Callable, args: tuple, static: dict[str, Any]):
+    """The compiled program, or None (with one warning) when this backend cannot compile it so."""
     lowered = jitted.lower(*args, **static)
     setting = "jax_persistent_cache_min_compile_time_secs"
     previous = getattr(jax.config, setting)
     jax.config.update(setting, 1e12)
     try:
         return lowered.compile(compiler_options=FRESH_OPTIONS)
+    except Exception as err:  # noqa: BLE001 - e.g. a backend that refuses the option: run plainly
+        _warn(f"jsoftmax could not compile a program to keep in {_folder}: {err}")
+        return None
     finally:
         jax.config.update(setting, previous)
 

@@ -88,6 +88,8 @@ jax.monitoring.register_event_duration_secs_listener(
 with warnings.catch_warnings(record=True) as caught:
     import jsoftmax
     from jsoftmax import _aot
+    if len(sys.argv) > 2:  # a compile option this backend refuses
+        _aot.FRESH_OPTIONS = {"xla_no_such_option_for_jsoftmax": True}
     X, y = load_iris(return_X_y=True)
     model = jsoftmax.SoftmaxRegression(standardize=True, solver=sys.argv[1], tol=1e-8).fit(X, y)
     predicted = model.predict(X)
@@ -97,10 +99,10 @@ print(json.dumps({"coef": model.coef_.tolist(), "lowerings": len(lowerings), **_
 """
 
 
-def _run_estimator(folder, solver="lbfgs"):
+def _run_estimator(folder, solver="lbfgs", *extra):
     env = {k: v for k, v in os.environ.items() if k != "JSOFTMAX_CACHE_DIR"}
     env.update(JSOFTMAX_CACHE_DIR=str(folder), JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", ESTIMATOR, solver], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", ESTIMATOR, solver, *extra], env=env, capture_output=True, text=True,
                           timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -146,3 +148,9 @@ def test_a_program_folder_others_can_write_is_not_used(tmp_path):
     assert out["accuracy"] > 0.95 and out["compiled"] == out["loaded"] == 0 and out["bypassed"] >= 4
     assert not any((folder / "programs").iterdir())
     assert len(out["warnings"]) == 1 and "others may write there" in out["warnings"][0]
+
+
+def test_a_program_the_backend_will_not_compile_for_the_store_runs_plainly(tmp_path):
+    out = _run_estimator(tmp_path / "cache", "lbfgs", "bad-option")
+    assert out["accuracy"] > 0.95 and out["compiled"] == 0 and out["bypassed"] >= 4
+    assert len(out["warnings"]) == 1 and "could not compile a program" in out["warnings"][0]
