@@ -357,6 +357,8 @@ def fit(
     Args:
       params: initial :class:`Params` or bare ``W``; the result has the same structure.
       X, labels, sample_weight, l2, label_smoothing, ignore_index: as in :func:`jsoftmax.risk`.
+        A large NumPy X is read by a CPU device where it lies, not copied (full-batch fits;
+        ``jsoftmax._inplace``): it must not change while the fit runs.
       optimizer: any ``optax.GradientTransformation`` (schedules included). ``optax.lbfgs()``
         gets the objective as ``value_fn`` for its line search.
       solver: instead of ``optimizer``, a built-in full-batch solver: ``"lbfgs"`` (a lean
