@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import jax
 
+from ._compat import is_tracer
+
 FOLDER_NAME = "programs"
 _folder: Path | None = None  # set by enable(); None: the store is off
 _loaded: dict[str, Any] = {}  # key -> compiled program, this process
@@ -137,7 +139,7 @@ def _key(jitted: Callable, args: tuple, static: dict[str, Any]) -> str | None:
     device = jax.devices()[0]  # programs run on the default device (as a jitted call would)
     avals = []
     for leaf in leaves:
-        if isinstance(leaf, jax.core.Tracer):
+        if is_tracer(leaf):
             return None
         if isinstance(leaf, jax.Array) and leaf.sharding.device_set != {device}:
             return None
