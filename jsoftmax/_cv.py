@@ -29,6 +29,29 @@ from ._types import Params
 CV_SOLVERS = ("lbfgs", "newton-cg")
 
 
+# Rows of a fold's test set scored at a time (a copy of at most this much of X).
+SCORE_BLOCK_BYTES = 4 * 2**20
+
+
+def _predict_by_blocks(models: list, X, rows: np.ndarray) -> list[np.ndarray]:
+    """Each model's predictions on ``X[rows]``, taken in blocks of rows: the memory of one block
+    (not a copy of the whole test set), each row's product computed once per model. A short
+    last block is padded to the others' size (its first row repeated, predictions dropped), so
+    that every block has one shape: one compiled program."""
+    rows = np.asarray(rows)
+    n = len(rows)
+    step = max(1, SCORE_BLOCK_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
+    if n <= step:
+        step = n
+    parts: list[list[np.ndarray]] = [[] for _ in models]
+    for start in range(0, n, step):
+        index = rows[start:start + step]
+        block = X[np.concatenate([index, np.full(step - len(index), index[0])])]
+        for part, model in zip(parts, models):
+            part.append(model.predict(block)[:len(index)])
+    return [np.concatenate(part) for part in parts]
+
+
 class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression with C chosen by cross-validation, every (C, fold) model
     fitted in compiled, vmapped solves.
@@ -156,14 +179,15 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
                     biases[:, j] = np.asarray(b, np.float64)
                 iterations[:, j] = result.n_iter
         for i, (_, test) in enumerate(folds):
-            for j, C in enumerate(grid):
-                model = self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes,
-                                     d, None if means is None else means[i], None if scales is None else scales[i])
-                if scorer is not None:
-                    scores[i, j] = scorer(model, X[test], y[test])
-                else:  # accuracy, as model.score(X[test], ...), from every row read in place (no X[test] copy)
-                    scores[i, j] = accuracy_score(y[test], model.predict(X)[test],
-                                                  sample_weight=None if sample_weight is None else base[test])
+            models = [self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes, d,
+                                   None if means is None else means[i], None if scales is None else scales[i])
+                      for j, C in enumerate(grid)]
+            if scorer is not None:
+                scores[i] = [scorer(model, X[test], y[test]) for model in models]
+            else:  # accuracy, as model.score(X[test], ...), but never a whole copy of X[test]
+                predicted = _predict_by_blocks(models, X, test)
+                scores[i] = [accuracy_score(y[test], p, sample_weight=None if sample_weight is None else base[test])
+                             for p in predicted]
         best = int(np.argmax(scores.mean(axis=0)))
         self.Cs_, self.classes_ = grid, classes
         self.C_ = np.full(1 if k == 2 else k, grid[best])  # scikit-learn: one per class, one if binary

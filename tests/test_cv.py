@@ -118,3 +118,21 @@ def test_estimators_pass_scikit_learns_checks(estimator):
         results = check_estimator(estimator, on_fail=None)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
     assert not failed, failed
+
+
+def test_fold_scores_are_each_model_s_accuracy_on_its_test_rows_whatever_the_block(monkeypatch):
+    from jsoftmax import _cv
+
+    X, y = datasets.load_iris(return_X_y=True)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
+    Cs = [0.05, 10.0]
+    whole = SoftmaxRegressionCV(Cs=Cs, cv=folds, tol=1e-8).fit(X, y)
+    monkeypatch.setattr(_cv, "SCORE_BLOCK_BYTES", 64)  # two rows of four float64 per block
+    blocks = SoftmaxRegressionCV(Cs=Cs, cv=folds, tol=1e-8).fit(X, y)
+    np.testing.assert_array_equal(blocks.scores_[0], whole.scores_[0])
+    paths = np.stack([whole.coefs_paths_[c] for c in whole.classes_], axis=-1)  # (F, C, D + 1, K)
+    for i, (_, test) in enumerate(folds):
+        for j in range(len(Cs)):
+            W, b = paths[i, j, :-1], paths[i, j, -1]
+            accuracy = np.mean(np.argmax(X[test] @ W + b, axis=1) == y[test])
+            assert whole.scores_[0][i, j] == pytest.approx(accuracy, abs=1e-12)
