@@ -605,22 +605,14 @@ def _reference_outputs(W, b, X, labels, eps, zeta, spec: LossSpec, return_lse: b
     return (out, *extras)
 
 
-def _all_scores(W, b, X):
-    if isinstance(X, _inplace.InPlaceRows):  # by chunks, each copied only while it is used
-        return _engine.all_scores(W, b, X)
-    return _engine.scores(W, b, _engine.row_chunk(X, 0, X.shape[0]))
-
-
 @jax.jit
 def _proba_jit(W, b, X):
-    return jax.nn.softmax(_all_scores(W, b, X), axis=-1)
+    return jax.nn.softmax(_engine.all_scores(W, b, X), axis=-1)
 
 
 @jax.jit
 def _predict_jit(W, b, X):
-    if isinstance(X, _inplace.InPlaceRows):
-        return _engine.all_predictions(W, b, X)
-    return jnp.argmax(_all_scores(W, b, X), axis=-1)
+    return _engine.all_predictions(W, b, X)
 
 
 def _features(params, X, in_place: bool = False):

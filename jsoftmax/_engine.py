@@ -440,8 +440,6 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
                       rows.predicted)
 
 
-
-
 def row_chunk(X, start, size: int):
     """Rows ``[start, start + size)`` of a dense X (a slice) or of a chunked one (its chunk)."""
     if isinstance(X, CHUNKED):
@@ -472,16 +470,15 @@ def all_scores(W: Weights, b: Bias | None, X) -> Scores:
 
 
 def all_predictions(W: Weights, b: Bias | None, X) -> jax.Array:
-    """argmax (XW + b) for every row, (N,) int32; a chunked X chunk by chunk, so that no N×K
-    scores exist at once."""
+    """argmax (XW + b) for every row, (N,) in JAX's default integer dtype (as ``jnp.argmax``); a
+    chunked X chunk by chunk, so that no N×K scores exist at once."""
     if not isinstance(X, CHUNKED):
-        return jnp.argmax(scores(W, b, X), axis=-1).astype(jnp.int32)
+        return jnp.argmax(scores(W, b, X), axis=-1)
 
     def body(ids, start, chunk):
-        part = jnp.argmax(scores(W, b, chunk), axis=-1).astype(jnp.int32)
-        return lax.dynamic_update_slice_in_dim(ids, part, start, 0)
+        return lax.dynamic_update_slice_in_dim(ids, jnp.argmax(scores(W, b, chunk), axis=-1), start, 0)
 
-    return _over_chunks(X, body, jnp.zeros((X.shape[0],), jnp.int32))
+    return _over_chunks(X, body, jnp.zeros((X.shape[0],), jax.dtypes.canonicalize_dtype(jnp.int64)))
 
 
 def cached_hessian_vector(P: jax.Array, r: jax.Array, X, VW: Weights,
