@@ -280,6 +280,7 @@ def part_torch(quick: bool) -> dict:
 def part_tests(quick: bool, out: Path, limit_s: float) -> dict:
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     env.setdefault("JAX_PLATFORMS", _jax_platform())
+    env.setdefault("JSOFTMAX_CACHE_DIR", "off")  # as `make test`: tests count compilations
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", "--junitxml", str(out / "tests.xml")]
     if _has_module("xdist") and not quick:
         cmd += ["-n", "8"]
