@@ -23,7 +23,9 @@ def test_lmhead_part_and_report_on_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu, "QUICK_CHUNK_SWEEP", (64,))
     monkeypatch.setattr(gpu, "QUICK_MEMORY_NS", (64, 128))
     monkeypatch.setattr(gpu, "_fresh_peak", lambda *args: {"device_peak_bytes": 10**6})
-    part = gpu.part_lmhead(quick=True)
+    part = gpu.part_lmhead(quick=True, out=tmp_path)
+    kept = json.loads((tmp_path / "part-lmhead.json").read_text())  # what a cut run would keep
+    assert len(kept["results"]) == len(part["results"]) and len(kept["memory_vs_n"]) == 6
     rows = {r["variant"]: r for r in part["results"]}
     assert set(rows) == {"floor", "chunked", "naive_jax_grad", "optax_jax_grad", "chunked_rows64",
                          *gpu.OPTION_VARIANTS}
