@@ -55,6 +55,10 @@ CACHE_BLOCK_BYTES = RULES["cpu"]["cache_block_bytes"]
 MIN_EFFICIENT_ROWS = RULES["cpu"]["min_efficient_rows"]
 WORKING_SET_BYTES = RULES["cpu"]["working_set_bytes"]  # a dense chunk's X rows and scores
 GPU_CHUNK_BYTES = RULES["gpu"]["chunk_bytes"]  # on an accelerator a GEMM needs ~1024 rows
+# A block of scores up to this size keeps its exponentials exp(z − m) for the gradient (one
+# pass of exp instead of two, at the cost of a second block of scratch); larger blocks (an LM
+# head's) recompute them. See ``keeps_exponentials``.
+KEEP_EXPONENTIALS_BYTES = RULES["keep_exponentials_bytes"]
 GPU_ROWS = RULES["gpu"]["rows"]
 FLOAT32_WEIGHT_GRAD_BYTES = RULES["gpu"]["float32_weight_grad_bytes"]
 WEIGHT_GRAD_ACCUMULATIONS = ("auto", "float32", "input")
@@ -243,6 +247,18 @@ def _add_value(sums: _Sums, coef, loss) -> _Sums:
     return sums._replace(value=sums.value + jnp.sum(jnp.where(coef != 0, coef * loss, 0)))
 
 
+def keeps_exponentials(z: jax.Array) -> bool:
+    """Whether a block of scores keeps exp(z − m) for its probabilities (static: by its size).
+
+    Recomputing the exponentials costs a second pass of exp over the block; keeping them costs a
+    second block of scratch. On a CPU the exps are as costly as the products at small D: the
+    value and gradient at digits' 1797 × 64, K = 10 (float64) took 174 µs with two passes and
+    113 µs with one (``benchmarks/results/keep-exponentials-cpu.md``). CPU blocks are
+    cache-sized (``choose_chunks``), so they keep them; a GPU's 1 GiB LM-head blocks do not.
+    """
+    return z.size * z.dtype.itemsize <= KEEP_EXPONENTIALS_BYTES
+
+
 def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tuple[_Sums, _RowOut]:
     """One chunk of rows with all the device's classes at once."""
     spec, want = st.spec, st.want
@@ -250,18 +266,27 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
     z = _rows.soft_cap(scores(head.W, head.b, x), spec.softcap)
     loss = predicted = m = None
     if st.class_axis and (lse_in is None or want.predictions):  # the row maximum over devices
-        m = lax.pmax(lax.stop_gradient(jnp.max(z, axis=-1)), st.class_axis)
+        m = lax.pmax(_rows.block_max(z), st.class_axis)
     if want.predictions:
         top, predicted = _rows.block_argmax(z, st.class_start)
         if st.class_axis:  # the first device holding the row's maximum names the class
             predicted = lax.pmin(jnp.where(top == m, predicted, st.n_classes), st.class_axis)
     if lse_in is None:
-        stats = _rows.block_stats(z, y, st.class_start, spec, m)
+        kept = None
+        if need_dz and keeps_exponentials(z):
+            m = _rows.block_max(z) if m is None else m
+            kept = _rows.shifted_exponentials(z, m)
+        stats = _rows.block_stats(z, y, st.class_start, spec, m, kept)
         if st.class_axis:
             stats = _rows.across_devices(stats, st.class_axis)
         loss, lse = _rows.finish(stats, spec, head.eps, head.zeta, st.n_classes)
         sums = _add_value(sums, coef, loss)
-        p = _rows.probabilities(z, stats) if need_dz else None
+        if not need_dz:
+            p = None
+        elif kept is not None:
+            p = _rows.kept_probabilities(kept, stats)
+        else:
+            p = _rows.probabilities(z, stats)
         t_sum = _rows.stats_target_sum(stats, spec, head.eps)
     else:
         lse = lse_in
@@ -578,9 +603,12 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, c
     def block(carry, x, y, c):
         HW, Hb = carry
         z = _rows.soft_cap(scores(W, b, x), cap)
-        stats = _rows.block_stats(z, y, 0, spec)
+        kept = None
+        if keeps_exponentials(z):
+            kept = _rows.shifted_exponentials(z, _rows.block_max(z))
+        stats = _rows.block_stats(z, y, 0, spec, None if kept is None else _rows.block_max(z), kept)
         _, lse = _rows.finish(stats, spec, eps, zeta, k)
-        p = _rows.probabilities(z, stats)
+        p = _rows.probabilities(z, stats) if kept is None else _rows.kept_probabilities(kept, stats)
         a = scores(VW, Vb, x)
         if cap is not None:  # the direction of the capped scores: s'(u)·a
             slope = _rows.cap_slope(z, cap)

@@ -50,18 +50,31 @@ def _safe(m: jax.Array) -> jax.Array:
     return jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m)
 
 
-def block_stats(z: Block, labels, start, spec: LossSpec, m: jax.Array | None = None) -> RowStats:
+def block_max(z: Block) -> jax.Array:
+    """The rows' maximum score (n,), the reference of :func:`block_stats` (no gradient)."""
+    return lax.stop_gradient(jnp.max(z, axis=-1))
+
+
+def shifted_exponentials(z: Block, m: jax.Array) -> Block:
+    """exp(z − m) of a block, to be kept: :func:`block_stats` then sums it and
+    :func:`kept_probabilities` scales it, one pass of exponentials instead of two."""
+    return jnp.exp(z - _safe(m)[:, None])
+
+
+def block_stats(z: Block, labels, start, spec: LossSpec, m: jax.Array | None = None,
+                exponentials: Block | None = None) -> RowStats:
     """Partial sums of one block of classes ``[start, start + width)``.
 
     ``labels`` are the rows' class ids (n,) or their probability columns of this block
     (n, width). ``m`` (n,): a reference shared with other devices; default the block maximum.
+    ``exponentials``: :func:`shifted_exponentials` of ``z`` and ``m`` when the caller keeps them.
     """
     if m is None:
-        m = lax.stop_gradient(jnp.max(z, axis=-1))
+        m = block_max(z)
     ref = _safe(m)
-    # Every use of z - m below is fused into a reduction or taken after a gather, so no second
-    # (n, width) buffer is materialised next to z.
-    s = jnp.sum(jnp.exp(z - ref[:, None]), axis=-1)
+    # Without kept exponentials every use of z - m below is fused into a reduction or taken
+    # after a gather, so no second (n, width) buffer is materialised next to z.
+    s = jnp.sum(jnp.exp(z - ref[:, None]) if exponentials is None else exponentials, axis=-1)
     width = z.shape[-1]
     if spec.soft:
         y = labels.astype(z.dtype)
@@ -123,6 +136,11 @@ def probabilities(z: Block, st: RowStats) -> Block:
     # (n, width) array that both would then have to keep alive.
     ref = lax.optimization_barrier(_safe(st.m))
     return jnp.exp((z - ref[:, None]) - jnp.log(st.s)[:, None])
+
+
+def kept_probabilities(exponentials: Block, st: RowStats) -> Block:
+    """ŷ = exp(z − m) / s from :func:`shifted_exponentials` of the block and its completed sums."""
+    return exponentials * (1 / st.s)[:, None]
 
 
 def _rebase(st: RowStats, m_new: jax.Array) -> RowStats:

@@ -221,21 +221,23 @@ def lbfgs_step(value_and_grad: Callable, params, state: LbfgsState, value, grad)
         rounding = jnp.abs(t * slope) <= tiny
         return jnp.isfinite(v) & jnp.where(rounding, jnp.vdot(gn, gn) < jnp.vdot(g, g), armijo)
 
+    # k counts evaluations; k = 0 has none yet. The first pass evaluates at t0 and later passes
+    # backtrack, so the objective is traced at one call site (half the compiled program).
     def cond(carry):
         k, t, v, gn = carry
-        return (k < MAX_BACKTRACKS) & ~acceptable(t, v, gn)
+        return (k == 0) | ((k <= MAX_BACKTRACKS) & ~acceptable(t, v, gn))
 
     def body(carry):
         k, t, v, gn = carry
         # Minimiser of the quadratic through f(0), f'(0) and f(t), kept within [0.1t, 0.5t].
         curvature = v - value - slope * t
         t_quad = jnp.where(jnp.isfinite(v) & (curvature > 0), -slope * t**2 / (2 * jnp.where(curvature > 0, curvature, 1)), 0.5 * t)
-        t = jnp.clip(t_quad, 0.1 * t, 0.5 * t)
+        t = jnp.where(k == 0, t0, jnp.clip(t_quad, 0.1 * t, 0.5 * t))
         v, gn = evaluate(t)
         return k + 1, t, v, gn
 
-    v0, g0 = evaluate(t0)
-    k, t, new_value, new_g = lax.while_loop(cond, body, (jnp.asarray(0), t0, v0, g0))
+    start = (jnp.asarray(0), t0, jnp.asarray(jnp.inf, value.dtype), jnp.zeros_like(g))
+    k, t, new_value, new_g = lax.while_loop(cond, body, start)
     ok = acceptable(t, new_value, new_g)
     s, y = t * d, new_g - g
     sy = jnp.vdot(s, y)

@@ -313,41 +313,79 @@ def is_active(value: Any) -> bool:
 _SOFT_ROW_SUM_TOL = {2: 2e-2, 4: 1e-4, 8: 1e-6}  # by itemsize: 16-bit, float32, float64
 
 
-@partial(jax.jit, static_argnames=("n_classes", "soft", "ignore_index"))
-def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
-    """A few scalars that say whether the data is valid (one fused pass, no N-sized output).
-    ``X`` None: its values were checked elsewhere (a sparse X, on the host)."""
+# Inputs up to this size on a CPU are checked by NumPy where they lie: a summary program would
+# cost more to load and dispatch (a few ms in a fresh process, 0.3 ms warm) than to read them.
+HOST_CHECK_BYTES = 4 * 2**20
+
+
+def _summary(xp, x_finite, labels, sample_weight, *, n_classes, soft, ignore_index) -> dict:
+    """A few scalars that say whether the data is valid (no N-sized output), computed with the
+    array module ``xp``: ``jax.numpy`` inside the jitted summary, NumPy for small host data."""
     n = labels.shape[0]
-    # max|X| is one fused reduction (NaN propagates through max); all(isfinite(X)) would make
-    # XLA on CPU materialise an N×D boolean mask first.
-    summary = {"x_finite": jnp.array(True) if X is None else jnp.isfinite(
-        X.max_abs() if isinstance(X, _inplace.InPlaceRows) else jnp.max(jnp.abs(X)))}
+    summary = {"x_finite": x_finite}
     if soft:
-        y = labels.astype(jnp.float32 if labels.dtype.itemsize < 4 else labels.dtype)
-        row_sum = jnp.sum(y, axis=1)
-        row_err = jnp.where(jnp.isfinite(row_sum), jnp.abs(row_sum - 1), jnp.inf)
-        bad_row = (row_err > _SOFT_ROW_SUM_TOL[labels.dtype.itemsize]) | jnp.any(y < 0, axis=1)
-        counted = jnp.ones((n,), bool)
+        y = labels.astype(xp.float32 if labels.dtype.itemsize < 4 else labels.dtype)
+        row_sum = xp.sum(y, axis=1)
+        row_err = xp.where(xp.isfinite(row_sum), xp.abs(row_sum - 1), xp.inf)
+        bad_row = (row_err > _SOFT_ROW_SUM_TOL[labels.dtype.itemsize]) | xp.any(y < 0, axis=1)
+        counted = xp.ones((n,), bool)
     else:
         counted = labels != ignore_index
         bad_row = counted & ((labels < 0) | (labels >= n_classes))
-    summary["n_bad_rows"] = jnp.sum(bad_row)
-    first = jnp.argmax(bad_row)
+    summary["n_bad_rows"] = xp.sum(bad_row)
+    first = xp.argmax(bad_row)
     # Reductions, not indexing: they work for inputs of any sharding.
-    at_first = (jnp.arange(n) == first)
-    row_value = jnp.sum(labels.astype(jnp.float32), axis=1) if soft else labels
+    at_first = (xp.arange(n) == first)
+    row_value = xp.sum(labels.astype(xp.float32), axis=1) if soft else labels
     summary["first_bad_row"] = first
-    summary["first_bad_value"] = jnp.sum(jnp.where(at_first, row_value, 0))
+    summary["first_bad_value"] = xp.sum(xp.where(at_first, row_value, 0))
     if sample_weight is None:
-        summary["weights_ok"] = jnp.array(True)
-        summary["any_weight"] = jnp.any(counted)
+        summary["weights_ok"] = xp.asarray(True)
+        summary["any_weight"] = xp.any(counted)
     else:
         w = sample_weight
-        summary["weights_ok"] = jnp.all(jnp.isfinite(w) & (w >= 0))
+        summary["weights_ok"] = xp.all(xp.isfinite(w) & (w >= 0))
         # "Some counted row has weight > 0", asked of each weight in its own dtype: a sum in
         # float32 would call 1e-50 weights zero and 1e38 weights infinite.
-        summary["any_weight"] = jnp.any(counted & (w > 0))
+        summary["any_weight"] = xp.any(counted & (w > 0))
     return summary
+
+
+@partial(jax.jit, static_argnames=("n_classes", "soft", "ignore_index"))
+def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
+    """:func:`_summary` in one fused pass. ``X`` None: its values were checked elsewhere (a
+    sparse X, on the host)."""
+    # max|X| is one fused reduction (NaN propagates through max); all(isfinite(X)) would make
+    # XLA on CPU materialise an N×D boolean mask first.
+    x_finite = jnp.array(True) if X is None else jnp.isfinite(
+        X.max_abs() if isinstance(X, _inplace.InPlaceRows) else jnp.max(jnp.abs(X)))
+    return _summary(jnp, x_finite, labels, sample_weight, n_classes=n_classes, soft=soft,
+                    ignore_index=ignore_index)
+
+
+def _host_views(*arrays) -> list | None:
+    """NumPy views of small arrays that lie on the host (NumPy, or one CPU device), else None."""
+    views, size = [], 0
+    for a in arrays:
+        if a is None:
+            views.append(None)
+            continue
+        if isinstance(a, jax.Array):
+            devices = a.sharding.device_set
+            if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+                return None
+        elif not isinstance(a, np.ndarray):
+            return None
+        size += a.size * a.dtype.itemsize
+        if size > HOST_CHECK_BYTES:
+            return None
+        views.append(np.asarray(a))
+    return views
+
+
+def _host_x_finite(x: np.ndarray) -> bool:
+    # max and min propagate NaN and show ±inf, without an N×D temporary.
+    return x.size == 0 or bool(np.isfinite(x.max()) and np.isfinite(x.min()))
 
 
 @jax.jit
@@ -408,6 +446,9 @@ def check_params(W, b, **options: tuple[Any, float, float]) -> None:
     if any(is_tracer(a) for a in (W, b)) or traced:
         summary = _params_summary(W, b, traced)
         jax.debug.callback(partial(_raise_if_bad_params, options=bounds), summary)
+    elif (views := _host_views(W, b)) is not None:
+        finite = all(v is None or _host_x_finite(v) for v in views)
+        _raise_if_bad_params({"params_finite": finite}, options=bounds)
     else:
         with jax.ensure_compile_time_eval():
             summary = _aot.call(_params_summary, (W, b, {}), {})
@@ -435,6 +476,10 @@ def check_values(problem: Problem, ignore_index: int) -> None:
     if any(is_tracer(a) for a in (X, labels, sample_weight)):
         summary = _value_summary(X, labels, sample_weight, **kwargs)
         jax.debug.callback(partial(_raise_if_invalid, **kwargs), summary)
+    elif (views := _host_views(X, labels, sample_weight)) is not None:
+        x, y, w = views
+        summary = _summary(np, True if x is None else _host_x_finite(x), y, w, **kwargs)
+        _raise_if_invalid(summary, **kwargs)
     else:
         # Concrete data, possibly closed over inside the caller's jit: evaluate now, raise now.
         with jax.ensure_compile_time_eval():

@@ -39,7 +39,7 @@ def test_second_process_loads_instead_of_compiling(tmp_path):
     first = _run({"JSOFTMAX_CACHE_DIR": str(folder)})
     second = _run({"JSOFTMAX_CACHE_DIR": str(folder)})
     assert first["folder"] == first["config"] == str(folder) and first["converged"] and second["converged"]
-    assert first["misses"] > 5 and any(folder.iterdir())
+    assert first["misses"] >= 3 and any(folder.iterdir())  # the fit start, its loop, and more
     # All from disk: JAX's cache, or jsoftmax's own store for the solver's programs (jsoftmax._aot).
     assert second["misses"] == 0 and second["programs"]["compiled"] == second["programs"]["failed"] == 0
     assert second["hits"] + second["programs"]["loaded"] >= first["misses"]
@@ -108,9 +108,10 @@ def _run_estimator(folder, solver="lbfgs", *extra):
 
 
 def test_a_new_process_loads_the_fit_without_tracing_or_lowering_it(tmp_path):
+    # The fit's start and loop, and the predictions (iris is value-checked on the host: no program).
     first = _run_estimator(tmp_path / "cache")
     programs = sorted((tmp_path / "cache" / "programs").glob("*.bin"))
-    assert first["compiled"] >= 4 and len(programs) == first["compiled"] and first["lowerings"] > 0
+    assert first["compiled"] >= 3 and len(programs) == first["compiled"] and first["lowerings"] > 0
     second = _run_estimator(tmp_path / "cache")
     assert second["compiled"] == second["failed"] == 0 and second["loaded"] == first["compiled"]
     assert second["lowerings"] == 0  # nothing traced or lowered: the fit and prediction loaded whole
@@ -135,7 +136,7 @@ def test_a_program_folder_that_cannot_be_written_warns_once_and_fits(tmp_path):
     folder.mkdir(mode=0o700)
     (folder / "programs").write_text("a file where the folder should be")
     out = _run_estimator(folder)
-    assert out["accuracy"] > 0.95 and out["compiled"] >= 4
+    assert out["accuracy"] > 0.95 and out["compiled"] >= 3
     assert len(out["warnings"]) == 1 and "could not keep a compiled program" in out["warnings"][0]
 
 
@@ -145,12 +146,12 @@ def test_a_program_folder_others_can_write_is_not_used(tmp_path):
     (folder / "programs").mkdir()
     (folder / "programs").chmod(0o777)
     out = _run_estimator(folder)
-    assert out["accuracy"] > 0.95 and out["compiled"] == out["loaded"] == 0 and out["bypassed"] >= 4
+    assert out["accuracy"] > 0.95 and out["compiled"] == out["loaded"] == 0 and out["bypassed"] >= 3
     assert not any((folder / "programs").iterdir())
     assert len(out["warnings"]) == 1 and "others may write there" in out["warnings"][0]
 
 
 def test_a_program_the_backend_will_not_compile_for_the_store_runs_plainly(tmp_path):
     out = _run_estimator(tmp_path / "cache", "lbfgs", "bad-option")
-    assert out["accuracy"] > 0.95 and out["compiled"] == 0 and out["bypassed"] >= 4
+    assert out["accuracy"] > 0.95 and out["compiled"] == 0 and out["bypassed"] >= 3
     assert len(out["warnings"]) == 1 and "could not compile a program" in out["warnings"][0]

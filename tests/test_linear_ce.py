@@ -222,3 +222,63 @@ def test_soft_label_gradient_stays_within_the_chunk_bound():
     f = jax.jit(jax.grad(lambda y: jsoftmax.risk(w, x, y, chunk_rows=256, check_values=False)))
     temp = f.lower(y).compile().memory_analysis().temp_size_in_bytes
     assert temp <= 4096 * 2000 * 4 / 4, temp
+
+
+@pytest.fixture
+def recomputed_exponentials(monkeypatch):
+    """Blocks of every size take the second pass of exp, as a GPU's 1 GiB blocks do (CPU test
+    blocks are small enough to keep theirs): traces made before are dropped, and after."""
+    from jsoftmax import _engine
+
+    jax.clear_caches()
+    monkeypatch.setattr(_engine, "KEEP_EXPONENTIALS_BYTES", 0)
+    yield
+    jax.clear_caches()
+
+
+def _exp_count(reduction="mean", **kwargs):
+    x, w, b, y = problem(37, 6, 23, seed=1)
+    jaxpr = jax.make_jaxpr(lambda x, w: loss_and_grads(x, w, b, y, reduction, **kwargs))(x, w)
+    return str(jaxpr).count(" exp ")
+
+
+def test_small_blocks_keep_their_exponentials(x64):
+    kept = _exp_count(chunk_size=8)
+    from jsoftmax import _engine
+
+    jax.clear_caches()
+    try:
+        _engine.KEEP_EXPONENTIALS_BYTES, shipped = 0, _engine.KEEP_EXPONENTIALS_BYTES
+        recomputed = _exp_count(chunk_size=8)
+    finally:
+        _engine.KEEP_EXPONENTIALS_BYTES = shipped
+        jax.clear_caches()
+    assert 0 < kept < recomputed  # one pass of exp over a score block instead of two
+
+
+@pytest.mark.parametrize(("reduction", "options", "chunking"),
+                         list(itertools.product(["mean", "none"], OPTIONS + [dict(softcap=3.0)],
+                                                [dict(chunk_size=8), dict()])))
+def test_recomputed_exponentials_match_reference_float64(x64, recomputed_exponentials, reduction, options,
+                                                          chunking):
+    x, w, b, y = problem(37, 6, 23, seed=1)
+    got = loss_and_grads(x, w, b, y, reduction, implementation="chunked", **options, **chunking)
+    want = loss_and_grads(x, w, b, y, reduction, implementation="reference", **options)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+    for g, r, name in zip(got[1], want[1], "xwb"):
+        assert_normwise_close(g, r, 1e-12, name)
+
+
+def test_recomputed_exponentials_hvp_float64(x64, recomputed_exponentials):
+    params, X, y, _ = random_problem(41, 5, 7, dtype=jnp.float64, seed=3, bias=True)
+    V = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), params)
+    got = jsoftmax.hvp(params, X, y, V, l2=0.1, label_smoothing=0.1)
+
+    def plain(p):
+        z = X @ p.W + p.b
+        t = 0.9 * jax.nn.one_hot(y, 7) + 0.1 / 7
+        return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(z), -1)) + 0.05 * jnp.sum(p.W ** 2)
+
+    want = jax.jvp(jax.grad(plain), (params,), (V,))[1]
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert_normwise_close(g, r, 1e-12)

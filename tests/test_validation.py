@@ -172,3 +172,40 @@ def test_predict_validates_features(problem):
     params, X, _ = problem
     with pytest.raises(ValueError, match=r"`params.W` must have shape .* \(2, K\)"):
         jsoftmax.predict(params, X[:, :2])
+
+
+def _bad_value_cases(params, X, y):
+    """(arguments of jsoftmax.risk, the message it must raise) for every value check."""
+    soft = jnp.full((6, 4), 0.25)
+    return [
+        ((params, X.at[2, 1].set(np.nan), y), {}, r"`X` contains NaN or inf"),
+        ((params, X.at[0, 0].set(-np.inf), y), {}, r"`X` contains NaN or inf"),
+        ((params, X, y.at[3].set(7)), {}, r"class ids in \[0, 4\) .* 1 are not \(first: row 3 has label 7\)"),
+        ((params, X, soft.at[4].set(0.5)), {}, r"row 4, which sums to 2"),
+        ((params, X, soft.at[1].set(jnp.array([0.75, 0.5, -0.25, 0.0]))), {}, r"non-negative entries .* row 1"),
+        ((params, X, y), dict(sample_weight=jnp.ones(6).at[0].set(-1)), r"`sample_weight` must be finite"),
+        ((params, X, y), dict(sample_weight=jnp.zeros(6)), r"weight 0"),
+        ((params, X, jnp.full_like(y, -100)), {}, r"every label equals ignore_index=-100"),
+        ((params._replace(b=params.b.at[1].set(np.inf)), X, y), {}, r"`params` contain NaN or inf"),
+    ]
+
+
+@pytest.mark.parametrize("where", ["host", "program"])
+def test_value_checks_agree_on_the_host_and_in_the_program(problem, monkeypatch, where):
+    """Small CPU data is checked by NumPy where it lies; larger (or accelerator) data by a jitted
+    summary. Both raise the same errors, and valid data passes both."""
+    from jsoftmax import _validate
+
+    calls = []
+    jitted = _validate._value_summary
+    monkeypatch.setattr(_validate, "_value_summary", lambda *a, **k: calls.append(1) or jitted(*a, **k))
+    if where == "program":
+        monkeypatch.setattr(_validate, "HOST_CHECK_BYTES", -1)
+    params, X, y = problem
+    for args, kwargs, pattern in _bad_value_cases(params, X, y):
+        with pytest.raises(ValueError, match=pattern):
+            jsoftmax.risk(*args, **kwargs)
+    calls.clear()
+    value = jsoftmax.risk(params, np.asarray(X), np.asarray(y))
+    assert np.isfinite(float(value))
+    assert len(calls) == (where == "program")
