@@ -64,6 +64,13 @@ def timed(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[s
     }
 
 
+def settle(seconds: float = 1.0) -> None:
+    """Let idle worker threads park before the next timing. After scikit-learn's default-thread
+    fits, OpenMP and OpenBLAS threads spin for a while and take cores from whatever runs next: a
+    digits fit of ours took 28 ms right after them and 18 ms one second later (2-core CPU)."""
+    time.sleep(seconds)
+
+
 def first_call(fn: Callable[[], Any]) -> float:
     """Seconds of one call, compilation included."""
     start = time.perf_counter()

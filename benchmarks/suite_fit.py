@@ -65,6 +65,7 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("float64",),
                 return LogisticRegression(C=C, tol=tol, max_iter=10_000).fit(X, y)
 
             repeats = 3 if n < 10_000 else 1
+            common.settle()
             with threadpool_limits(1):
                 sk_one = common.timed(sklearn_fit, repeats=repeats, warmup=1 if n < 10_000 else 0)
                 sk_model = sklearn_fit()
@@ -80,6 +81,7 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("float64",),
                         return jsoftmax.fit(start, Xj, yj, solver=solver, l2=1.0 / (C * n), tol=tol,
                                             max_iter=10_000)
 
+                    common.settle()  # scikit-learn's threads, or the previous variant's, park first
                     first = common.first_call(ours)
                     steady = common.timed(ours, repeats=5 if n < 10_000 else 3, warmup=0)
                     result = ours()

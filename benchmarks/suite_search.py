@@ -45,6 +45,7 @@ def run(quick: bool = False) -> dict:
     sk_default = time.perf_counter() - start
     rows = []
     for dtype, solver in (("float64", "newton-cg"), ("float32", "newton-cg"), ("float64", "lbfgs")):
+        common.settle()  # scikit-learn's default-thread workers park first
         start = time.perf_counter()
         ours(dtype, solver)
         first = time.perf_counter() - start
