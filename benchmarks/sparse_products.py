@@ -40,7 +40,7 @@ def main() -> int:
     from jax import lax
     from jax.experimental import sparse as jsparse
 
-    from jsoftmax import _api, _engine, _sparse
+    from jsoftmax import _api, _engine
     from jsoftmax._compat import enable_x64
 
     from .sparse_data import SHAPES, make

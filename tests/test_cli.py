@@ -158,7 +158,6 @@ def test_train_predict_evaluate_on_a_libsvm_file_stay_sparse(tmp_path, capsys, m
 
     from jsoftmax import _sparse
 
-    rng = np.random.default_rng(0)
     X = sp.random(300, 2_000, density=0.01, format="csr", random_state=0)
     y = np.asarray(X[:, :3].sum(axis=1)).ravel().argsort().argsort() % 3  # learnable from 3 columns
     dump_svmlight_file(X, y, str(tmp_path / "train.svm"), zero_based=False)
