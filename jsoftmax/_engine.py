@@ -251,10 +251,11 @@ def keeps_exponentials(z: jax.Array) -> bool:
     """Whether a block of scores keeps exp(z − m) for its probabilities (static: by its size).
 
     Recomputing the exponentials costs a second pass of exp over the block; keeping them costs a
-    second block of scratch. On a CPU the exps are as costly as the products at small D: the
-    value and gradient at digits' 1797 × 64, K = 10 (float64) took 174 µs with two passes and
-    113 µs with one (``benchmarks/results/keep-exponentials-cpu.md``). CPU blocks are
-    cache-sized (``choose_chunks``), so they keep them; a GPU's 1 GiB LM-head blocks do not.
+    second block of scratch. On a CPU the exps weigh as much as the products at small D: the
+    value and gradient at digits' 1797 × 64, K = 10 (float64) took 0.248 ms with two passes and
+    0.217 ms with one, and at the larger fit shapes the same within noise
+    (``benchmarks/results/keep-exponentials-cpu.md``). CPU blocks are cache-sized
+    (``choose_chunks``), so they keep them; a GPU's 1 GiB LM-head blocks do not.
     """
     return z.size * z.dtype.itemsize <= KEEP_EXPONENTIALS_BYTES
 
@@ -603,10 +604,9 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, c
     def block(carry, x, y, c):
         HW, Hb = carry
         z = _rows.soft_cap(scores(W, b, x), cap)
-        kept = None
-        if keeps_exponentials(z):
-            kept = _rows.shifted_exponentials(z, _rows.block_max(z))
-        stats = _rows.block_stats(z, y, 0, spec, None if kept is None else _rows.block_max(z), kept)
+        m = _rows.block_max(z)
+        kept = _rows.shifted_exponentials(z, m) if keeps_exponentials(z) else None
+        stats = _rows.block_stats(z, y, 0, spec, m, kept)
         _, lse = _rows.finish(stats, spec, eps, zeta, k)
         p = _rows.probabilities(z, stats) if kept is None else _rows.kept_probabilities(kept, stats)
         a = scores(VW, Vb, x)

@@ -383,7 +383,7 @@ def _host_views(*arrays) -> list | None:
     return views
 
 
-def _host_x_finite(x: np.ndarray) -> bool:
+def _host_finite(x: np.ndarray) -> bool:
     # max and min propagate NaN and show ±inf, without an N×D temporary.
     return x.size == 0 or bool(np.isfinite(x.max()) and np.isfinite(x.min()))
 
@@ -447,7 +447,7 @@ def check_params(W, b, **options: tuple[Any, float, float]) -> None:
         summary = _params_summary(W, b, traced)
         jax.debug.callback(partial(_raise_if_bad_params, options=bounds), summary)
     elif (views := _host_views(W, b)) is not None:
-        finite = all(v is None or _host_x_finite(v) for v in views)
+        finite = all(v is None or _host_finite(v) for v in views)
         _raise_if_bad_params({"params_finite": finite}, options=bounds)
     else:
         with jax.ensure_compile_time_eval():
@@ -478,7 +478,7 @@ def check_values(problem: Problem, ignore_index: int) -> None:
         jax.debug.callback(partial(_raise_if_invalid, **kwargs), summary)
     elif (views := _host_views(X, labels, sample_weight)) is not None:
         x, y, w = views
-        summary = _summary(np, True if x is None else _host_x_finite(x), y, w, **kwargs)
+        summary = _summary(np, True if x is None else _host_finite(x), y, w, **kwargs)
         _raise_if_invalid(summary, **kwargs)
     else:
         # Concrete data, possibly closed over inside the caller's jit: evaluate now, raise now.

@@ -41,6 +41,10 @@ OPTIONS = [dict(), dict(label_smoothing=0.15), dict(z_loss=1e-2), dict(label_smo
 @pytest.mark.parametrize(("reduction", "options", "chunking"),
                          list(itertools.product(["mean", "sum", "none"], OPTIONS, CHUNKINGS)))
 def test_chunked_matches_reference_float64(x64, reduction, options, chunking):
+    _assert_chunked_matches_reference(reduction, options, chunking)
+
+
+def _assert_chunked_matches_reference(reduction, options, chunking):
     x, w, b, y = problem(37, 6, 23, seed=1)
     got = loss_and_grads(x, w, b, y, reduction, implementation="chunked", **options, **chunking)
     want = loss_and_grads(x, w, b, y, reduction, implementation="reference", **options)
@@ -242,17 +246,14 @@ def _exp_count(reduction="mean", **kwargs):
     return str(jaxpr).count(" exp ")
 
 
-def test_small_blocks_keep_their_exponentials(x64):
-    kept = _exp_count(chunk_size=8)
+def test_small_blocks_keep_their_exponentials(x64, monkeypatch):
     from jsoftmax import _engine
 
+    kept = _exp_count(chunk_size=8)
     jax.clear_caches()
-    try:
-        _engine.KEEP_EXPONENTIALS_BYTES, shipped = 0, _engine.KEEP_EXPONENTIALS_BYTES
-        recomputed = _exp_count(chunk_size=8)
-    finally:
-        _engine.KEEP_EXPONENTIALS_BYTES = shipped
-        jax.clear_caches()
+    monkeypatch.setattr(_engine, "KEEP_EXPONENTIALS_BYTES", 0)
+    recomputed = _exp_count(chunk_size=8)
+    jax.clear_caches()  # later tests trace with the shipped rule again
     assert 0 < kept < recomputed  # one pass of exp over a score block instead of two
 
 
@@ -261,12 +262,7 @@ def test_small_blocks_keep_their_exponentials(x64):
                                                 [dict(chunk_size=8), dict()])))
 def test_recomputed_exponentials_match_reference_float64(x64, recomputed_exponentials, reduction, options,
                                                           chunking):
-    x, w, b, y = problem(37, 6, 23, seed=1)
-    got = loss_and_grads(x, w, b, y, reduction, implementation="chunked", **options, **chunking)
-    want = loss_and_grads(x, w, b, y, reduction, implementation="reference", **options)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
-    for g, r, name in zip(got[1], want[1], "xwb"):
-        assert_normwise_close(g, r, 1e-12, name)
+    _assert_chunked_matches_reference(reduction, options, chunking)
 
 
 def test_recomputed_exponentials_hvp_float64(x64, recomputed_exponentials):
