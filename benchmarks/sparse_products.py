@@ -5,12 +5,13 @@ K = 50, float64) times, in one process, min of 3 after a warm-up:
 
 - scipy's CSR products (what scikit-learn runs), X·W and Xᵀ·dZ;
 - JAX's BCOO and BCSR (whole matrix) for X·W, and Xᵀ·dZ through a BCSR of Xᵀ;
-- jsoftmax's layout: X·W and Xᵀ·dZ chunk by chunk (a BCSR window per chunk and the chunk's
-  transposed copy), and the same transposed product as a scatter-add into dW (what one would
-  run without the transposed copy).
+- jsoftmax's layout: X·W and Xᵀ·dZ chunk by chunk (a BCSR window per chunk, and the chunk's
+  transpose gathered through its column order), the same transposed product from each chunk's
+  transpose stored whole (12 bytes per entry: the layout before the order), and as a
+  scatter-add into dW (what one would run with neither).
 
 Writes ``benchmarks/results/sparse-products-<platform>.{json,md}``: the measurement behind
-BCSR and the transposed copy in ``jsoftmax/_sparse.py``.
+BCSR and the gathered transpose in ``jsoftmax/_sparse.py``.
 """
 
 from __future__ import annotations
@@ -95,9 +96,32 @@ def main() -> int:
 
             return _engine._over_chunks(layout, body, jnp.zeros((d, k), H.dtype))
 
-        rows.append([f"jsoftmax layout, chunks of {plan.chunk_rows} rows", _best(chunked_scores, layout, Wd),
-                     _best(chunked_transposed, layout, dZd)])
-        rows.append(["jsoftmax layout, Xᵀ·dZ as a scatter-add (no transposed copy)", float("nan"),
+        # The layout before the column order: each chunk's transpose stored whole (values and
+        # row ids, padded to one size), read by the same CSR product.
+        c = plan.chunk_rows
+        chunks = -(-n // c)
+        parts = [X[i * c:(i + 1) * c].T.tocsr() for i in range(chunks)]
+        width = max(p.nnz for p in parts)
+        t_data = np.stack([np.pad(p.data, (0, width - p.nnz)) for p in parts])
+        t_rows = np.stack([np.pad(p.indices, (0, width - p.nnz)).astype(np.int32) for p in parts])
+        t_ptr = np.stack([p.indptr.astype(np.int32) for p in parts])
+        padded = jnp.zeros((chunks * c, k)).at[:n].set(dZd)
+
+        @jax.jit
+        def stored_transposed(t_data, t_rows, t_ptr, H):
+            def body(i, G):
+                chunk = jsparse.BCSR((t_data[i], t_rows[i], t_ptr[i]), shape=(d, c))
+                return G + chunk @ lax.dynamic_slice_in_dim(H, i * c, c, axis=0)
+
+            return lax.fori_loop(0, chunks, body, jnp.zeros((d, k), H.dtype))
+
+        stored = _best(stored_transposed, t_data, t_rows, t_ptr, padded)
+        del t_data, t_rows, t_ptr
+        rows.append([f"jsoftmax layout, chunks of {plan.chunk_rows} rows (transpose gathered through the column order)",
+                     _best(chunked_scores, layout, Wd), _best(chunked_transposed, layout, dZd)])
+        rows.append(["the same chunks with each transpose stored whole (the layout before the order)", float("nan"),
+                     stored])
+        rows.append(["jsoftmax layout, Xᵀ·dZ as a scatter-add (no transpose)", float("nan"),
                      _best(scattered, layout, dZd)])
     payload = {"machine": info, "command": "python -m benchmarks.sparse_products",
                "shape": [n, d, k], "nnz": int(X.nnz),

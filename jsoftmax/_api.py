@@ -64,9 +64,9 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     """Validate and place the inputs of any loss; return them with what the loss is and how it
     runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``).
 
-    ``in_place``: a large NumPy X on a CPU is read where it lies instead of copied
-    (``_inplace``); for callers that block until their program ends (fits), since X must not
-    change while it runs. Not with a ``mesh``."""
+    ``in_place``: a large NumPy X (or a sparse X's CSR arrays) on a CPU is read where it lies
+    instead of copied (``_inplace``, ``_sparse``); for callers that block until their program
+    ends (fits), since X must not change while it runs. Not with a ``mesh``."""
     problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing,
                                         ignore_index, keep_host=in_place and mesh is None)
     _validate.check_scalar(z_loss, "z_loss", low=0.0, high=None)
@@ -115,7 +115,8 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
             blocks = plan.mesh.shape[data_axis]
             sharding = jax.sharding.NamedSharding(plan.mesh, jax.sharding.PartitionSpec(data_axis))
         problem = problem._replace(X=_sparse.chunked_rows(problem.X, plan.chunk_rows, blocks=blocks,
-                                                          sharding=sharding))
+                                                          sharding=sharding,
+                                                          in_place=in_place and mesh is None))
     return problem, spec, plan
 
 
@@ -384,7 +385,7 @@ def curvature(params: Params, X: Features, labels: Labels, sample_weight: RowVal
     instead of three. Holds N×K numbers: for problems where that fits in memory."""
     acc = accumulation_dtype(X.dtype)
     coef = _rows.row_coefficients(labels, sample_weight, spec, acc)
-    P = jax.nn.softmax(_engine.all_scores(params.W, params.b, X), axis=-1)
+    P = _engine.all_probabilities(params.W, params.b, X)
     t_sum = _rows.target_sum(labels, spec, jnp.asarray(eps, acc), acc)
     return P, coef if t_sum is None else coef * t_sum
 
@@ -607,7 +608,7 @@ def _reference_outputs(W, b, X, labels, eps, zeta, spec: LossSpec, return_lse: b
 
 @jax.jit
 def _proba_jit(W, b, X):
-    return jax.nn.softmax(_engine.all_scores(W, b, X), axis=-1)
+    return _engine.all_probabilities(W, b, X)
 
 
 @jax.jit
@@ -622,7 +623,7 @@ def _features(params, X, in_place: bool = False):
     W, b, X = _validate.prepare_features(params, X, keep_host=in_place)
     if isinstance(X, _sparse.CSR):
         _validate.check_sparse_values(X)
-        X = _sparse.chunked_rows(X, X.shape[0], transposed=False)
+        X = _sparse.chunked_rows(X, X.shape[0], transposed=False, in_place=in_place)
     elif isinstance(X, np.ndarray):
         rows, _ = _engine.choose_chunks(X.shape[0], W.shape[1], d=X.shape[1], itemsize=X.dtype.itemsize)
         X = _inplace.place(X, rows)

@@ -436,8 +436,12 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
     st = _Static(spec, want, n_classes, class_start, class_axis, plan.class_chunk,
                  plan.feature_blocks)
     block = _one_block if plan.class_chunk is None else _class_blocks
+    # dW starts as W·0, not a broadcast zero: XLA merges a program's identical zero arrays into
+    # one buffer, copied into each pass's accumulator and kept alive until the last such pass,
+    # so a Newton step held one more D×K array through its CG solve (W·0 is not folded for
+    # floats; a finite W gives exact zeros).
     sums = _Sums(jnp.zeros((), acc),
-                 jnp.zeros((d, k_local), plan.weight_grad_dtype or acc) if want.grad_W else None,
+                 (W * 0).astype(plan.weight_grad_dtype or acc) if want.grad_W else None,
                  jnp.zeros((k_local,), acc) if want.grad_W and b is not None else None)
     c = max(1, min(plan.chunk_rows, n))
     if c == n:
@@ -491,6 +495,19 @@ def all_scores(W: Weights, b: Bias | None, X) -> Scores:
 
     def body(Z, start, chunk):
         return lax.dynamic_update_slice_in_dim(Z, scores(W, b, chunk).astype(Z.dtype), start, 0)
+
+    return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
+
+
+def all_probabilities(W: Weights, b: Bias | None, X) -> Scores:
+    """softmax(XW + b) for every row, (N, K); a chunked X chunk by chunk, so that the N×K
+    probabilities are the only N×K array (not the scores as well)."""
+    if not isinstance(X, CHUNKED):
+        return jax.nn.softmax(scores(W, b, X), axis=-1)
+
+    def body(P, start, chunk):
+        return lax.dynamic_update_slice_in_dim(P, jax.nn.softmax(scores(W, b, chunk).astype(P.dtype), axis=-1),
+                                               start, 0)
 
     return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
 

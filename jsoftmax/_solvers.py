@@ -52,18 +52,16 @@ def init_state(grad, dtype) -> NewtonState:
                        jnp.asarray(False))
 
 
-def steihaug_cg(hvp: Callable, grad, radius, max_cg: int, precond=None):
+def steihaug_cg(hvp: Callable, grad, radius, max_cg: int, inverse=None):
     """(s, r, iterations): s approximately minimises gᵀs + ½sᵀHs within ‖s‖_M ≤ radius; r is
     the residual −g − Hs, kept exact so that sᵀHs = −sᵀ(g + r) needs no further HVP.
 
-    ``precond``: a positive diagonal M (the structure of ``grad``) or None (M = I). CG then runs
-    on M^{-1/2} H M^{-1/2}: z = M⁻¹r, directions conjugate in H, the region in ‖s‖²_M = sᵀMs,
-    and it stops when zᵀr ≤ ``CG_TOLERANCE``² z₀ᵀr₀ (liblinear's PCG, Hsia et al. 2018)."""
-    if precond is None:
-        solve, m_dot = (lambda r: r), tree_vdot
-    else:
-        solve = lambda r: jax.tree_util.tree_map(jnp.divide, r, precond)  # noqa: E731
-        m_dot = lambda a, b: tree_vdot(a, jax.tree_util.tree_map(jnp.multiply, precond, b))  # noqa: E731
+    ``inverse``: M⁻¹ of a positive diagonal preconditioner M (the structure of ``grad``), or
+    None (M = I). CG then runs on M^{-1/2} H M^{-1/2}: z = M⁻¹r, directions conjugate in H,
+    the region in ‖s‖²_M = sᵀMs, and it stops when zᵀr ≤ ``CG_TOLERANCE``² z₀ᵀr₀ (liblinear's
+    PCG, Hsia et al. 2018). M⁻¹ is kept rather than M because z = r·M⁻¹ is a product, which
+    XLA recomputes inside each of z's two uses; a quotient r/M it stores, one more D×K array."""
+    solve, m_dot = _metric(inverse)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, grad)
     r0 = jax.tree_util.tree_map(jnp.negative, grad)
     z0 = solve(r0)
@@ -97,18 +95,26 @@ def steihaug_cg(hvp: Callable, grad, radius, max_cg: int, precond=None):
     return s, r, i
 
 
+def _metric(inverse):
+    """(r ↦ M⁻¹r, (a, b) ↦ aᵀMb) for a diagonal M given as M⁻¹ (None: M = I)."""
+    if inverse is None:
+        return (lambda r: r), tree_vdot
+    return (lambda r: jax.tree_util.tree_map(jnp.multiply, r, inverse),
+            lambda a, b: tree_vdot(a, jax.tree_util.tree_map(jnp.divide, b, inverse)))
+
+
 def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: NewtonState, value, grad,
                 *, max_cg: int):
     """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule.
-    ``make_hvp(params)`` returns (v ↦ H(params)·v, M): the product may precompute what every
-    call reuses; M is a diagonal preconditioner or None. Step lengths are measured in ‖·‖_M,
+    ``make_hvp(params)`` returns (v ↦ H(params)·v, M⁻¹): the product may precompute what every
+    call reuses; M⁻¹ is the inverse of a diagonal preconditioner M, or None. Step lengths are measured in ‖·‖_M,
     and the first region is ‖g‖_M (liblinear's TRON)."""
-    hvp, precond = make_hvp(params)
-    m_norm = (lambda v: jnp.sqrt(tree_vdot(v, v))) if precond is None else (  # noqa: E731
-        lambda v: jnp.sqrt(tree_vdot(v, jax.tree_util.tree_map(jnp.multiply, precond, v))))
+    hvp, inverse = make_hvp(params)
+    _, m_dot = _metric(inverse)
+    m_norm = lambda v: jnp.sqrt(m_dot(v, v))  # noqa: E731
     first = state.cg_iterations == 0
     radius = jnp.where(first, m_norm(grad).astype(state.radius.dtype), state.radius)
-    s, r, cg_iters = steihaug_cg(hvp, grad, radius, max_cg, precond)
+    s, r, cg_iters = steihaug_cg(hvp, grad, radius, max_cg, inverse)
     gs = tree_vdot(grad, s)
     predicted = -0.5 * (gs - tree_vdot(s, r))  # −(gᵀs + ½sᵀHs)
     trial = tree_axpy(1.0, s, params)

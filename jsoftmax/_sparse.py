@@ -9,13 +9,19 @@ indices sorted, everything checked — and :func:`chunked_rows` lays it out for 
 
 * X's own CSR arrays, from which each chunk of ``chunk_rows`` rows reads a fixed-size window of
   ``window`` entries (the largest chunk's) as a (rows, D) BCSR, so every chunk has the same
-  shapes without a padded copy;
-* for each chunk, the same entries transposed, CSR of the (D, rows) matrix Xᵀ, so that
-  Xᵀ·dZ of a chunk is again a CSR × dense product.
+  shapes without a padded copy. A fit reads them where they lie on a CPU (from their first
+  64-byte boundary on, the entries before it copied; see ``_inplace``), so the device holds
+  no second copy of X;
+* for each chunk, the order of its entries by column (4 bytes per stored entry): the chunk's
+  transpose, CSR of the (D, rows) matrix Xᵀ, is gathered from the rows' window through it, so
+  that Xᵀ·dZ of a chunk is again a CSR × dense product.
 
 Both products then run on the sparse CSR kernels of the platform (a CPU custom call, cuSPARSE
-or JAX's generic lowering). The transposed copy doubles the stored entries, which is the
-price of never scattering into dW; both copies together are ≈ 2× the CSR bytes.
+or JAX's generic lowering). A stored transposed copy (values and row ids, 12 bytes per entry
+in float64) ran Xᵀ·dZ at 73 ms against 434 ms for a scatter-add at the rcv1 shape
+(``benchmarks/results/sparse-products-cpu.md``); gathering it per product from the order
+costs a fit about a fifth more time and saves 8 of those 12 bytes
+(``benchmarks/results/sparse-memory-cpu.md``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import _inplace
 from ._compat import is_tracer
 
 SPARSE_DTYPES = (np.float32, np.float64)
@@ -161,23 +168,33 @@ class SparseRows:
     """Sparse X (N, D) laid out for the engine's chunks of ``chunk_rows`` rows (see module doc).
 
     Leaves: ``data``, ``indices``, ``indptr``: X itself in CSR (flat, as the caller had it);
-    ``t_data``, ``t_indices``: the same entries ordered chunk by chunk and, within a chunk, by
-    column (row ids local to the chunk), with ``t_offsets`` (C,) where each chunk starts and
-    ``t_indptr`` (C, D + 1) its column pointers (None when only scores are needed). A chunk
-    reads a window of ``window`` entries (the most any chunk holds) from the flat arrays, so no
-    padded copy is made.
+    ``data_head``, ``indices_head``: None, or, when ``data``/``indices`` are the caller's arrays
+    read in place from their first 64-byte boundary on (``data_shift``/``indices_shift``
+    entries in), the entries before it (copied); ``t_order`` (nnz,): chunk by chunk, the
+    positions of the chunk's entries within the chunk sorted by column (rows ascending within
+    a column), with ``t_indptr`` (C, D + 1) each chunk's column pointers (both None when only
+    scores are needed). A chunk reads a window of ``window`` entries (the most any chunk
+    holds) from the flat arrays, so no padded copy is made; a short last chunk, a window of
+    ``last_window`` (its own entries: its windows do not depend on the weights, so XLA
+    computes them once per program and keeps them). Its transpose is gathered from the window
+    through ``t_order``.
     """
 
-    def __init__(self, data, indices, indptr, t_data, t_indices, t_indptr, t_offsets, shape,
-                 chunk_rows, window, blocks=1):
+    def __init__(self, data, indices, indptr, data_head, indices_head, t_order, t_indptr, shape,
+                 chunk_rows, window, last_window, blocks=1, data_shift=0, indices_shift=0):
         self.data, self.indices, self.indptr = data, indices, indptr
-        self.t_data, self.t_indices, self.t_indptr, self.t_offsets = t_data, t_indices, t_indptr, t_offsets
+        self.data_head, self.indices_head = data_head, indices_head
+        self.t_order, self.t_indptr = t_order, t_indptr
         self.shape, self.chunk_rows, self.window = tuple(shape), int(chunk_rows), int(window)
+        self.last_window = int(last_window)
         self.blocks = int(blocks)  # >1: every leaf has a leading axis of row blocks (devices)
+        self.data_shift, self.indices_shift = int(data_shift), int(indices_shift)
 
     def tree_flatten(self):
-        return ((self.data, self.indices, self.indptr, self.t_data, self.t_indices, self.t_indptr,
-                 self.t_offsets), (self.shape, self.chunk_rows, self.window, self.blocks))
+        return ((self.data, self.indices, self.indptr, self.data_head, self.indices_head, self.t_order,
+                 self.t_indptr),
+                (self.shape, self.chunk_rows, self.window, self.last_window, self.blocks, self.data_shift,
+                 self.indices_shift))
 
     @classmethod
     def tree_unflatten(cls, aux, leaves):
@@ -191,32 +208,55 @@ class SparseRows:
     def ndim(self) -> int:
         return 2
 
+    @property
+    def nnz(self) -> int:
+        """Stored entries (of one block of rows)."""
+        return int(self.data.shape[-1]) + self.data_shift
+
     def local(self) -> SparseRows:
         """The block one device holds, inside ``shard_map`` (leaves of leading size 1)."""
         leaves = [None if a is None else a[0] for a in self.tree_flatten()[0]]
         return SparseRows(*leaves, (self.shape[0] // self.blocks, self.shape[1]), self.chunk_rows,
-                          self.window)
+                          self.window, self.last_window)
+
+    @staticmethod
+    def _window(body, head, shift: int, at, length: int):
+        """Entries ``[at, at + length)`` of a flat array held as ``head`` (its first ``shift``
+        entries) and ``body`` (the rest, read in place), or as ``body`` alone (``shift`` 0)."""
+        if not shift:
+            return lax.dynamic_slice_in_dim(body, at, length)
+        if body.shape[0] < length:  # one window spans (nearly) all entries
+            return lax.dynamic_slice_in_dim(jnp.concatenate([head, body]), at, length)
+        # The window's part of the body, behind the head: joined they are contiguous when the
+        # window starts inside the head; otherwise the window is the body's part alone.
+        joined = jnp.concatenate([head, lax.dynamic_slice_in_dim(body, jnp.maximum(at - shift, 0), length)])
+        return lax.dynamic_slice_in_dim(joined, jnp.where(at < shift, at, shift), length)
 
     def chunk(self, start, size: int) -> SparseChunk:
         """Rows ``[start, start + size)``; ``start`` a multiple of ``chunk_rows`` (may be traced)."""
         jsparse = _jsparse()
-        d, total = self.shape[1], self.data.shape[0]
+        d = self.shape[1]
+        length = self.window if size == self.chunk_rows else self.last_window
         first = self.indptr[start]
         # The window starts at the chunk's first entry, or earlier near the end of the arrays;
         # the local row pointers skip what lies before the chunk.
-        at = jnp.minimum(first, total - self.window)
-        window = lambda a, at: lax.dynamic_slice_in_dim(a, at, self.window)  # noqa: E731
+        at = jnp.minimum(first, self.nnz - length)
         local = lax.dynamic_slice_in_dim(self.indptr, start, size + 1) - at
-        rows = jsparse.BCSR(_whole_window(window(self.data, at), window(self.indices, at), local),
-                            shape=(size, d))
+        data = self._window(self.data, self.data_head, self.data_shift, at, length)
+        indices = self._window(self.indices, self.indices_head, self.indices_shift, at, length)
+        rows = jsparse.BCSR(_whole_window(data, indices, local), shape=(size, d))
         transposed = None
-        if self.t_data is not None:
+        if self.t_order is not None:
+            # Entry q of the transposed window is entry t_order[q] of the chunk: its value and
+            # its row, gathered from the rows' window (q outside the chunk is masked to zero).
+            position = lax.dynamic_slice_in_dim(self.t_order, at, length) + (first - at)
+            starts = jnp.zeros(length + 1, jnp.int32).at[local[:-1]].add(1)
+            row_of = jnp.cumsum(starts[:-1]) - 1  # the local row of each window position
+            take = lambda a: jnp.take(a, position, mode="clip")  # noqa: E731
             index = start // self.chunk_rows
-            t_first = self.t_offsets[index]
-            t_at = jnp.minimum(t_first, total - self.window)
-            t_local = lax.dynamic_index_in_dim(self.t_indptr, index, keepdims=False) + (t_first - t_at)
-            transposed = jsparse.BCSR(_whole_window(window(self.t_data, t_at), window(self.t_indices, t_at),
-                                                    t_local), shape=(d, size))
+            t_local = lax.dynamic_index_in_dim(self.t_indptr, index, keepdims=False) + (first - at)
+            transposed = jsparse.BCSR(_whole_window(take(data), take(row_of).astype(jnp.int32), t_local),
+                                      shape=(d, size))
         return SparseChunk(rows, transposed)
 
 
@@ -249,18 +289,21 @@ class SparseChunk(NamedTuple):
 
 
 def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: int = 1,
-                 sharding=None) -> SparseRows:
-    """Lay ``csr`` out for the engine in chunks of ``chunk_rows`` rows, on the device. The rows
-    go over as they are; the transposed copy is built chunk by chunk into one host buffer.
+                 sharding=None, in_place: bool = False) -> SparseRows:
+    """Lay ``csr`` out for the engine in chunks of ``chunk_rows`` rows, on the device: X's own
+    CSR arrays and, for the gradient's Xᵀ·dZ, each chunk's order by column (4 bytes per
+    stored entry, built on the host).
 
-    ``blocks`` > 1 splits the rows into that many equal blocks, one per device of a data axis,
-    each laid out on its own (padded to the largest block) and stacked along a leading axis
-    placed by ``sharding``.
+    ``in_place``: on a CPU, large ``data``/``indices`` are read where they lie instead of
+    copied (for callers that block until their program ends: the arrays must not change
+    meanwhile). ``blocks`` > 1 splits the rows into that many equal blocks, one per device of a
+    data axis, each laid out on its own (padded to the largest block) and stacked along a
+    leading axis placed by ``sharding``.
     """
     n, d = csr.shape
     c = max(1, min(chunk_rows, n // blocks))
     if blocks == 1:
-        leaves, window = _host_layout(csr.indptr, csr.indices, csr.data, d, c, transposed)
+        leaves, window, last_window = _host_layout(csr.indptr, csr.indices, csr.data, d, c, transposed)
     else:
         size = n // blocks
         parts = []
@@ -268,40 +311,61 @@ def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: 
             lo, hi = int(csr.indptr[i * size]), int(csr.indptr[(i + 1) * size])
             parts.append(_host_layout(csr.indptr[i * size:(i + 1) * size + 1] - lo, csr.indices[lo:hi],
                                       csr.data[lo:hi], d, c, transposed))
-        window = max(w for _, w in parts)
+        window = max(p[1] for p in parts)
+        last_window = max(p[2] for p in parts)
         longest = max(p[0][0].shape[0] for p in parts)
-        padded = [[None if a is None else (np.pad(a, (0, longest - a.shape[0])) if j in (0, 1, 3, 4) else a)
-                   for j, a in enumerate(leaves)] for leaves, _ in parts]
+        padded = [[None if a is None else (np.pad(a, (0, longest - a.shape[0])) if j in (0, 1, 3) else a)
+                   for j, a in enumerate(leaves)] for leaves, _, _ in parts]
         leaves = [None if padded[0][j] is None else np.stack([p[j] for p in padded])
                   for j in range(len(padded[0]))]
+        in_place = False
+    data, indices, indptr, t_order, t_indptr = leaves
     put = lambda a: None if a is None else jax.device_put(a, sharding)  # noqa: E731
-    return SparseRows(*map(put, leaves), (n, d), c, window, blocks)
+    (data, data_head, data_shift), (indices, indices_head, indices_shift) = (
+        _adopted(a) if in_place else (put(a), None, 0) for a in (data, indices))
+    return SparseRows(data, indices, put(indptr), data_head, indices_head, put(t_order), put(t_indptr),
+                      (n, d), c, window, last_window, blocks, data_shift, indices_shift)
+
+
+def _adopted(a: np.ndarray):
+    """(body, head, shift): a large flat host array on a CPU device read in place from its
+    first 64-byte boundary on (``shift`` entries in; ``head`` a copy of those), or one copy
+    (``head`` None, ``shift`` 0) where it cannot be (see ``_inplace``)."""
+    device = jax.devices()[0]
+    address = a.ctypes.data
+    shift = ((-address) % _inplace.ALIGNMENT) // a.itemsize
+    if (device.platform != "cpu" or a.nbytes < _inplace.MIN_BYTES or address % a.itemsize
+            or jax.dtypes.canonicalize_dtype(a.dtype) != a.dtype):
+        return jax.device_put(a), None, 0
+    body = a[shift:]
+    adopted = jax.device_put(body)
+    if adopted.unsafe_buffer_pointer() != body.ctypes.data:  # this JAX copied it after all
+        return adopted if not shift else jax.device_put(a), None, 0
+    return adopted, (jax.device_put(a[:shift]) if shift else None), shift
 
 
 def _host_layout(indptr, indices, data, d: int, c: int, transposed: bool):
-    """The leaves of one block of rows as host arrays, and its window (see :class:`SparseRows`)."""
+    """The leaves (data, indices, indptr, t_order, t_indptr) of one block of rows as host
+    arrays, its window and its last window (see :class:`SparseRows`)."""
     n = indptr.shape[0] - 1
     n_chunks = -(-n // c)
     if data.shape[0] == 0:  # one stored zero, so that every window has an entry to point at
         data, indices = np.zeros(1, data.dtype), np.zeros(1, np.int32)
     window = max(1, max_chunk_entries(indptr, c))
-    t_parts = (None,) * 4
-    if transposed:
-        t_data = np.zeros_like(data)
-        t_indices = np.zeros(data.shape[0], np.int32)
-        t_indptr = np.zeros((n_chunks, d + 1), np.int32)
-        t_offsets = np.zeros(n_chunks, np.int32)
+    last_window = max(1, int(indptr[n] - indptr[n - n % c])) if n % c else window
+    t_order = t_indptr = None
+    if transposed:  # allocated aligned, so that a CPU device adopts them without a copy
+        t_order = _inplace.aligned_empty((data.shape[0],), np.int32)
+        t_order[indptr[-1]:] = 0
+        t_indptr = _inplace.aligned_empty((n_chunks, d + 1), np.int32)
+        t_indptr[:, 0] = 0
         for i in range(n_chunks):
-            lo, hi = i * c, min((i + 1) * c, n)
-            first, last = int(indptr[lo]), int(indptr[hi])
+            first, last = int(indptr[i * c]), int(indptr[min((i + 1) * c, n)])
             cols = indices[first:last]
-            order = np.argsort(cols, kind="stable")  # by column; rows stay ascending within one
-            t_data[first:last] = data[first:last][order]
-            t_indices[first:last] = np.repeat(np.arange(hi - lo, dtype=np.int32), np.diff(indptr[lo:hi + 1]))[order]
-            t_indptr[i, 1:] = np.cumsum(np.bincount(cols, minlength=d))
-            t_offsets[i] = first
-        t_parts = (t_data, t_indices, t_indptr, t_offsets)
-    return [data, indices, indptr.astype(np.int32), *t_parts], window
+            # by column; rows stay ascending within one
+            t_order[first:last] = np.argsort(cols, kind="stable")
+            np.cumsum(np.bincount(cols, minlength=d), out=t_indptr[i, 1:])
+    return [data, indices, indptr.astype(np.int32), t_order, t_indptr], window, last_window
 
 
 def squared(chunk: SparseChunk) -> SparseChunk:

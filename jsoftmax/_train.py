@@ -220,12 +220,12 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
     def make_hvp(params):
         params = _in_dtype(params, X.dtype)
         raw, transpose = jax.vjp(lambda q: on_raw_features(q, affine), params)
-        precond = None
+        inverse = None  # M⁻¹ of the preconditioner
         if keep:
             P, r = _api.curvature(raw, X, labels, sample_weight, smoothing, spec)
             loss_hvp = lambda V: _api.cached_hvp(P, r, X, V)  # noqa: E731
             if PRECONDITION["sparse" if isinstance(X, _sparse.SparseRows) else "dense"]:
-                precond = _preconditioner(P, r, X, affine, l2, params)
+                inverse = _preconditioner(P, r, X, affine, l2, params)
         else:
             loss_hvp = lambda V: _api.objective_hvp(raw, V, X, labels, sample_weight, 0.0,  # noqa: E731
                                                     smoothing, spec, plan)
@@ -238,13 +238,13 @@ def _newton_segment(carry, limit, tol, data, *, spec, plan, max_cg):
             H = jax.tree_util.tree_map(lambda h, v: h.astype(v.dtype), H, V)
             return H._replace(W=H.W + l2 * V.W)
 
-        return hvp, precond
+        return hvp, inverse
 
     return _iterate(carry, limit, tol, partial(_solvers.newton_step, value_and_grad, make_hvp, max_cg=max_cg))
 
 
 def _preconditioner(P, r, X, affine: Affine | None, l2, params: Params) -> Params:
-    """Newton-CG's diagonal preconditioner M = (1 − α)·λ + α·diag(H) (liblinear's mix of the
+    """M⁻¹ of Newton-CG's diagonal preconditioner M = (1 − α)·λ + α·diag(H) (liblinear's mix of the
     identity, here scaled by the penalty λ, and the Hessian's diagonal; α = ``PRECONDITION["mix"]``).
     The diagonal is the raw features' (``_engine.hessian_diagonal``) scaled by σ⁻² for
     standardised W; centring's cross terms are left out: any positive M gives the same
@@ -256,9 +256,10 @@ def _preconditioner(P, r, X, affine: Affine | None, l2, params: Params) -> Param
     base = jnp.where(l2 > 0, l2, (jnp.sum(dW) + jnp.sum(db)) / (dW.size + db.size)).astype(dW.dtype)
     base = jnp.where(base > 0, base, 1)
     mix = PRECONDITION["mix"]
-    W = ((1 - mix) * base + mix * (dW + l2)).astype(params.W.dtype)
-    b = None if params.b is None else ((1 - mix) * base + mix * db).astype(params.b.dtype)
-    return Params(W, b)
+    W = (1 / ((1 - mix) * base + mix * (dW + l2))).astype(params.W.dtype)
+    b = None if params.b is None else (1 / ((1 - mix) * base + mix * db)).astype(params.b.dtype)
+    # The barrier keeps XLA from rewriting a / M⁻¹ as a · M, which would keep M as well.
+    return lax.optimization_barrier(Params(W, b))
 
 
 @partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))

@@ -181,7 +181,7 @@ def test_preconditioned_cg_solves_the_same_system_in_fewer_steps(x64):
     hvp = lambda v: H @ v  # noqa: E731
     M = jnp.diag(H)
     plain = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100)
-    pre = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100, precond=M)
+    pre = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100, inverse=1 / M)
     for s, r, _ in (plain, pre):
         np.testing.assert_allclose(r, -g - H @ s, atol=1e-10)  # the residual is kept exact
     # Each stops at its own criterion (rᵀr resp. zᵀr ≤ 0.01 of the start), both near the solution.
@@ -189,7 +189,7 @@ def test_preconditioned_cg_solves_the_same_system_in_fewer_steps(x64):
     assert float(r_pre @ (r_pre / M)) <= _solvers.CG_TOLERANCE**2 * float(g @ (g / M))
     assert int(steps_pre) < int(plain[2]), (int(steps_pre), int(plain[2]))
     # M = I is plain CG, step for step.
-    same = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100, precond=jnp.ones_like(g))
+    same = _solvers.steihaug_cg(hvp, g, jnp.inf, max_cg=100, inverse=jnp.ones_like(g))
     np.testing.assert_allclose(same[0], plain[0], rtol=1e-13)
     assert int(same[2]) == int(plain[2])
 
@@ -199,7 +199,7 @@ def test_preconditioned_cg_stops_on_the_boundary_of_the_m_norm_region(x64):
 
     H, g = _quadratic(seed=3)
     M = jnp.diag(H)
-    s, r, _ = _solvers.steihaug_cg(lambda v: H @ v, g, 0.05, max_cg=100, precond=M)
+    s, r, _ = _solvers.steihaug_cg(lambda v: H @ v, g, 0.05, max_cg=100, inverse=1 / M)
     np.testing.assert_allclose(float(jnp.sqrt(s @ (M * s))), 0.05, rtol=1e-10)
     assert float(g @ s + 0.5 * s @ (H @ s)) < 0  # a descent step of the model
 

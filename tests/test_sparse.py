@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from jax.experimental import sparse as jsparse
 
 import jsoftmax
-from jsoftmax import _api, _sparse
+from jsoftmax import _api, _engine, _inplace, _sparse
 
 from .helpers import assert_normwise_close
 
@@ -166,6 +166,67 @@ def test_every_chunk_is_a_whole_csr_whatever_kernel_reads_it(x64, chunk_rows):
         chunk = layout.chunk(start, size)
         np.testing.assert_array_equal(_by_position(chunk.rows), dense[start:start + size])
         np.testing.assert_array_equal(_by_position(chunk.transposed), dense[start:start + size].T)
+
+def test_the_transpose_is_kept_as_an_order_of_four_bytes_per_entry(x64):
+    X, *_ = sparse_problem(n=90, d=30)
+    csr = _sparse.as_csr(X)
+    layout = _sparse.chunked_rows(csr, 16)
+    assert layout.t_order.dtype == jnp.int32 and layout.t_order.shape == (csr.nnz,)
+    assert layout.t_indptr.shape == (6, 31)  # ⌈90 / 16⌉ chunks × (D + 1) column pointers
+    # X's arrays once, 4 bytes per entry for the order, the pointers: no second copy of values.
+    stored = sum(a.nbytes for a in jax.tree_util.tree_leaves(layout))
+    assert stored == csr.data.nbytes + csr.indices.nbytes + 4 * 91 + 4 * csr.nnz + layout.t_indptr.nbytes
+    # The short last chunk (90 = 5 × 16 + 10 rows) reads a window of its own entries.
+    assert layout.last_window == csr.indptr[90] - csr.indptr[80] < layout.window
+
+
+def _misaligned_csr(X, offset_bytes: int) -> _sparse.CSR:
+    """``X`` as jsoftmax's checked CSR whose data and indices start ``offset_bytes`` past a
+    64-byte boundary (scipy's constructors may copy what they are given)."""
+    def placed(a):
+        raw = _inplace.aligned_empty((a.shape[0] + 64 // a.itemsize,), a.dtype)
+        view = raw[offset_bytes // a.itemsize:offset_bytes // a.itemsize + a.shape[0]]
+        view[...] = a
+        assert view.ctypes.data % 64 == offset_bytes
+        return view
+
+    csr = _sparse.as_csr(X)
+    return csr._replace(data=placed(csr.data), indices=placed(csr.indices))
+
+
+@pytest.mark.parametrize("offset_bytes", [0, 8, 16, 56])
+@pytest.mark.parametrize("chunk_rows", [16, 64, 90])
+def test_a_fit_reads_the_csr_where_it_lies(x64, monkeypatch, offset_bytes, chunk_rows):
+    monkeypatch.setattr(_inplace, "MIN_BYTES", 0)  # small arrays take the in-place path too
+    X = _misaligned_csr(sparse_problem(n=90, d=30)[0], offset_bytes)
+    layout = _sparse.chunked_rows(X, chunk_rows, in_place=True)
+    for device, host in ((layout.data, X.data), (layout.indices, X.indices)):  # no copy
+        assert host.ctypes.data <= device.unsafe_buffer_pointer() < host.ctypes.data + host.nbytes
+    assert layout.data_shift == (-offset_bytes % 64) // 8 and layout.indices_shift == (-offset_bytes % 64) // 4
+    dense = sp.csr_matrix((X.data, X.indices, X.indptr), shape=X.shape).toarray()
+    for start in range(0, 90, layout.chunk_rows):  # chunks that start inside the copied head too
+        size = min(layout.chunk_rows, 90 - start)
+        chunk = layout.chunk(start, size)
+        np.testing.assert_array_equal(_by_position(chunk.rows), dense[start:start + size])
+        np.testing.assert_array_equal(_by_position(chunk.transposed), dense[start:start + size].T)
+
+
+@pytest.mark.parametrize("solver", ["newton-cg", "lbfgs"])
+def test_fit_on_a_csr_read_in_place_equals_the_copied_one(x64, monkeypatch, solver):
+    X, y, params, weights = sparse_problem(n=150, seed=4)
+    zero = jsoftmax.Params(jnp.zeros_like(params.W), jnp.zeros_like(params.b))
+    options = dict(solver=solver, l2=1e-2, sample_weight=weights, tol=1e-10)
+    # Chunks of 32 rows: a first chunk inside the copied head, full ones, a short last one.
+    monkeypatch.setattr(_engine, "sparse_chunk_rows", lambda *args, **kwargs: 32)
+    copied = jsoftmax.fit(zero, X, y, **options)
+    monkeypatch.setattr(_inplace, "MIN_BYTES", 0)
+    X_in_place = _misaligned_csr(X, 24)
+    problem, _, _ = _api.prepare(zero, X_in_place, y, in_place=True)
+    assert problem.X.data_shift == 5 and problem.X.chunk_rows == 32  # (64 − 24) / 8: in place
+    got = jsoftmax.fit(zero, X_in_place, y, **options)
+    assert got.converged and got.n_iter == copied.n_iter
+    np.testing.assert_allclose(got.params.W, copied.params.W, rtol=1e-12, atol=1e-14)
+
 
 def test_estimator_matches_scikit_learn_on_the_same_sparse_input():
     from sklearn.datasets import fetch_20newsgroups_vectorized  # noqa: F401 - only the API name
