@@ -41,7 +41,7 @@ def main() -> int:
     from jax import lax
     from jax.experimental import sparse as jsparse
 
-    from jsoftmax import _api, _engine
+    from jsoftmax import _api, _engine, _sparse
     from jsoftmax._compat import enable_x64
 
     from .sparse_data import SHAPES, make
@@ -80,7 +80,10 @@ def main() -> int:
 
         @jax.jit
         def chunked_transposed(layout, H):
-            return _engine.transposed_product(layout, H)
+            def body(G, start, chunk):
+                return G + _sparse.transposed_product(chunk, lax.dynamic_slice_in_dim(H, start, chunk.shape[0]))
+
+            return _engine._over_chunks(layout, body, jnp.zeros((d, k), H.dtype))
 
         @jax.jit
         def scattered(layout, H):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from ._metrics import classification_metrics, metrics_lines
@@ -157,21 +158,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         standardize=not args.no_standardize, random_state=args.seed,
     )
     progress = _Progress(enabled=not (args.quiet or args.json))
+    started = time.perf_counter()
     try:
         model.fit(X_train, y_train, callback=progress, checkpoint_dir=args.checkpoint,
                   checkpoint_every=args.checkpoint_every, resume=args.resume)
     finally:
         progress.close()
+    fit_seconds = time.perf_counter() - started
     from . import _data
 
     data = _data.describe(X)
     payload = {"source": source, "n_features": int(X.shape[1]), "data": data,
-               "classes": model.classes_.tolist(), "solver": args.solver, "optimality": model.optimality_,
+               "classes": model.classes_.tolist(), "solver": args.solver, "fit_seconds": fit_seconds,
+               "optimality": model.optimality_,
                "train": classification_metrics(model, X_train, y_train)}
     stored = (f" (sparse: {data['nnz']} stored, density {data['density']:.2e}, "
               f"{data['bytes'] / 2**20:.1f} MiB)" if data["sparse"] else "")
     lines = [f"Trained on {source}: {len(y_train)} samples, {X.shape[1]} features{stored}, "
-             f"{len(model.classes_)} classes, solver {args.solver}.",
+             f"{len(model.classes_)} classes, solver {args.solver}, in {fit_seconds:.2f} s.",
              "Optimality: gradient max-abs {grad_norm:.2e} after {n_iter} iterations, "
              "converged={converged} ({stop_reason}).".format(**model.optimality_),
              f"Train accuracy {payload['train']['accuracy']:.4f}, log loss {payload['train']['log_loss']:.4f}."]

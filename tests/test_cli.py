@@ -174,6 +174,7 @@ def test_train_predict_evaluate_on_a_libsvm_file_stay_sparse(tmp_path, capsys, m
     assert data["sparse"] and data["nnz"] == X.nnz and data["n_features"] == 2_000
     assert data["density"] == pytest.approx(X.nnz / (300 * 2_000))
     assert densified and all("matrix" in name or "CSR" in name for name in densified)  # sparse all the way
+    assert 0 < payload["fit_seconds"] < 600
     assert SoftmaxRegression.load(model_path).n_features_in_ == 2_000
     code, out, _ = run_cli(capsys, "predict", str(model_path), str(tmp_path / "few.svm"), "--json")
     assert code == 0 and len(json.loads(out)["predictions"]) == 5 and json.loads(out)["data"]["n_features"] == 2_000
