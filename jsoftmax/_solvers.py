@@ -107,7 +107,8 @@ def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: New
                 *, max_cg: int):
     """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule.
     ``make_hvp(params)`` returns (v ↦ H(params)·v, M⁻¹): the product may precompute what every
-    call reuses; M⁻¹ is the inverse of a diagonal preconditioner M, or None. Step lengths are measured in ‖·‖_M,
+    call reuses; M⁻¹ is the inverse of a diagonal preconditioner M, or None. Step lengths are
+    measured in ‖·‖_M,
     and the first region is ‖g‖_M (liblinear's TRON)."""
     hvp, inverse = make_hvp(params)
     _, m_dot = _metric(inverse)

@@ -17,11 +17,11 @@ indices sorted, everything checked — and :func:`chunked_rows` lays it out for 
   that Xᵀ·dZ of a chunk is again a CSR × dense product.
 
 Both products then run on the sparse CSR kernels of the platform (a CPU custom call, cuSPARSE
-or JAX's generic lowering). A stored transposed copy (values and row ids, 12 bytes per entry
-in float64) ran Xᵀ·dZ at 73 ms against 434 ms for a scatter-add at the rcv1 shape
-(``benchmarks/results/sparse-products-cpu.md``); gathering it per product from the order
-costs a fit about a fifth more time and saves 8 of those 12 bytes
-(``benchmarks/results/sparse-memory-cpu.md``).
+or JAX's generic lowering). At the rcv1 shape Xᵀ·dZ took 161 ms gathered through the order,
+92 ms from stored transposed copies (values and row ids, 12 bytes per entry in float64) and
+469 ms as a scatter-add into dW (``benchmarks/results/sparse-products-cpu.md``): the order
+costs a Newton-CG fit about a third more time (10.0 to 13.6 s) and saves 8 of those 12 bytes,
+56 MiB (``benchmarks/results/sparse-memory-cpu.md``).
 """
 
 from __future__ import annotations
@@ -236,7 +236,10 @@ class SparseRows:
         """Rows ``[start, start + size)``; ``start`` a multiple of ``chunk_rows`` (may be traced)."""
         jsparse = _jsparse()
         d = self.shape[1]
-        length = self.window if size == self.chunk_rows else self.last_window
+        n = self.shape[0]
+        if size not in (self.chunk_rows, n % self.chunk_rows):  # (callers chunk by the layout's rows)
+            raise ValueError(f"a chunk of {size} rows of a layout of {self.chunk_rows}-row chunks over {n} rows.")
+        length = self.last_window if size == n % self.chunk_rows else self.window
         first = self.indptr[start]
         # The window starts at the chunk's first entry, or earlier near the end of the arrays;
         # the local row pointers skip what lies before the chunk.
