@@ -178,6 +178,8 @@ def test_the_transpose_is_kept_as_an_order_of_four_bytes_per_entry(x64):
     assert stored == csr.data.nbytes + csr.indices.nbytes + 4 * 91 + 4 * csr.nnz + layout.t_indptr.nbytes
     # The short last chunk (90 = 5 × 16 + 10 rows) reads a window of its own entries.
     assert layout.last_window == csr.indptr[90] - csr.indptr[80] < layout.window
+    with pytest.raises(ValueError, match="a chunk of 5 rows of a layout of 16-row chunks"):
+        layout.chunk(0, 5)  # a window sized for neither would drop or misread entries
 
 
 def _misaligned_csr(X, offset_bytes: int) -> _sparse.CSR:
