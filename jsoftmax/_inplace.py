@@ -46,14 +46,24 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
-def _shift(X: np.ndarray) -> int | None:
-    """Values before X's first 64-byte boundary, or None when X cannot be read in place."""
-    address, itemsize = X.ctypes.data, X.dtype.itemsize
-    if address % itemsize:
-        return None
-    shift = ((-address) % ALIGNMENT) // itemsize
-    n, d = X.shape
-    return shift if shift <= d and n >= 2 else None
+def alignment_shift(a: np.ndarray) -> int | None:
+    """Values before ``a``'s first 64-byte boundary, or None when ``a`` cannot be read in place
+    there (its address is not a multiple of its item size)."""
+    address, itemsize = a.ctypes.data, a.dtype.itemsize
+    return None if address % itemsize else ((-address) % ALIGNMENT) // itemsize
+
+
+def readable_in_place(a: np.ndarray) -> bool:
+    """A large C-ordered host array of a dtype JAX keeps, with the default device a CPU."""
+    return (jax.devices()[0].platform == "cpu" and a.flags.c_contiguous and a.nbytes >= MIN_BYTES
+            and jax.dtypes.canonicalize_dtype(a.dtype) == a.dtype)
+
+
+def adopted(view: np.ndarray) -> jax.Array | None:
+    """``view`` (64-byte aligned) on the default device without a copy, or None where this JAX
+    copied it after all."""
+    device = jax.device_put(view)
+    return device if device.unsafe_buffer_pointer() == view.ctypes.data else None
 
 
 def place(X, chunk_rows: int):
@@ -62,23 +72,18 @@ def place(X, chunk_rows: int):
     copy (``jax.device_put``). ``chunk_rows``: rows per chunk for whole-X passes."""
     if not isinstance(X, np.ndarray):
         return X
-    device = jax.devices()[0]
-    eligible = (device.platform == "cpu" and X.ndim == 2 and X.flags.c_contiguous
-                and X.nbytes >= MIN_BYTES and jax.dtypes.canonicalize_dtype(X.dtype) == X.dtype)
-    shift = _shift(X) if eligible else None
-    if not shift:  # aligned (JAX adopts it itself), or not eligible (one copy)
+    shift = alignment_shift(X) if X.ndim == 2 and readable_in_place(X) else None
+    n, d = X.shape if X.ndim == 2 else (0, 0)
+    if not shift or shift > d or n < 2:  # aligned (JAX adopts it itself), or not eligible (one copy)
         return jax.device_put(X)
-    n, d = X.shape
     flat = X.reshape(-1)
-    body = flat[shift:shift + (n - 1) * d].reshape(n - 1, d)
-    adopted = jax.device_put(body)
-    if adopted.unsafe_buffer_pointer() != body.ctypes.data:  # this JAX copied it after all
-        del adopted
+    body = adopted(flat[shift:shift + (n - 1) * d].reshape(n - 1, d))
+    if body is None:
         return jax.device_put(X)
     edges = np.zeros((2, d), X.dtype)
     edges[0, d - shift:] = flat[:shift]
     edges[1, :d - shift] = flat[n * d - (d - shift):]
-    return InPlaceRows(adopted, jax.device_put(edges), (n, d), shift, chunk_rows, host=X)
+    return InPlaceRows(body, jax.device_put(edges), (n, d), shift, chunk_rows, host=X)
 
 
 @jax.tree_util.register_pytree_node_class

@@ -334,17 +334,11 @@ def _adopted(a: np.ndarray):
     """(body, head, shift): a large flat host array on a CPU device read in place from its
     first 64-byte boundary on (``shift`` entries in; ``head`` a copy of those), or one copy
     (``head`` None, ``shift`` 0) where it cannot be (see ``_inplace``)."""
-    device = jax.devices()[0]
-    address = a.ctypes.data
-    shift = ((-address) % _inplace.ALIGNMENT) // a.itemsize
-    if (device.platform != "cpu" or a.nbytes < _inplace.MIN_BYTES or address % a.itemsize
-            or jax.dtypes.canonicalize_dtype(a.dtype) != a.dtype):
+    shift = _inplace.alignment_shift(a) if _inplace.readable_in_place(a) else None
+    body = None if shift is None else _inplace.adopted(a[shift:])
+    if body is None:
         return jax.device_put(a), None, 0
-    body = a[shift:]
-    adopted = jax.device_put(body)
-    if adopted.unsafe_buffer_pointer() != body.ctypes.data:  # this JAX copied it after all
-        return adopted if not shift else jax.device_put(a), None, 0
-    return adopted, (jax.device_put(a[:shift]) if shift else None), shift
+    return body, (jax.device_put(a[:shift]) if shift else None), shift
 
 
 def _host_layout(indptr, indices, data, d: int, c: int, transposed: bool):
