@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from importlib import resources
 from typing import NamedTuple
 
@@ -488,28 +489,26 @@ def _over_chunks(X, body, carry):
     return body(carry, n_full * c, X.chunk(n_full * c, rem)) if rem else carry
 
 
-def all_scores(W: Weights, b: Bias | None, X) -> Scores:
-    """Z = XW + b for every row, (N, K): for callers that keep all N×K values anyway."""
+def _all_rows(W: Weights, b: Bias | None, X, transform) -> Scores:
+    """``transform(XW + b)`` for every row, (N, K); a chunked X chunk by chunk, so that the
+    (N, K) result is the only N×K array."""
     if not isinstance(X, CHUNKED):
-        return scores(W, b, X)
+        return transform(scores(W, b, X))
 
-    def body(Z, start, chunk):
-        return lax.dynamic_update_slice_in_dim(Z, scores(W, b, chunk).astype(Z.dtype), start, 0)
+    def body(out, start, chunk):
+        return lax.dynamic_update_slice_in_dim(out, transform(scores(W, b, chunk).astype(out.dtype)), start, 0)
 
     return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
+
+
+def all_scores(W: Weights, b: Bias | None, X) -> Scores:
+    """Z = XW + b for every row, (N, K): for callers that keep all N×K values anyway."""
+    return _all_rows(W, b, X, lambda z: z)
 
 
 def all_probabilities(W: Weights, b: Bias | None, X) -> Scores:
-    """softmax(XW + b) for every row, (N, K); a chunked X chunk by chunk, so that the N×K
-    probabilities are the only N×K array (not the scores as well)."""
-    if not isinstance(X, CHUNKED):
-        return jax.nn.softmax(scores(W, b, X), axis=-1)
-
-    def body(P, start, chunk):
-        return lax.dynamic_update_slice_in_dim(P, jax.nn.softmax(scores(W, b, chunk).astype(P.dtype), axis=-1),
-                                               start, 0)
-
-    return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
+    """softmax(XW + b) for every row, (N, K), without the N×K scores beside them."""
+    return _all_rows(W, b, X, partial(jax.nn.softmax, axis=-1))
 
 
 def all_predictions(W: Weights, b: Bias | None, X) -> jax.Array:
