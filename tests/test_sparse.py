@@ -182,6 +182,17 @@ def test_the_transpose_is_kept_as_an_order_of_four_bytes_per_entry(x64):
         layout.chunk(0, 5)  # a window sized for neither would drop or misread entries
 
 
+def test_probabilities_kept_chunk_by_chunk_equal_the_dense_softmax(x64):
+    # Newton-CG's kept curvature and predict_proba take softmax per chunk (no N×K scores beside).
+    X, y, params, _ = sparse_problem()
+    layout = _sparse.chunked_rows(_sparse.as_csr(X), 16)  # 5 full chunks and a short one
+    want = jax.nn.softmax(jnp.asarray(X.toarray()) @ params.W + params.b, axis=-1)
+    np.testing.assert_allclose(jax.jit(_engine.all_probabilities)(params.W, params.b, layout), want,
+                               rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(jax.jit(_engine.all_scores)(params.W, params.b, layout),
+                               jnp.asarray(X.toarray()) @ params.W + params.b, rtol=1e-13, atol=1e-13)
+
+
 def _misaligned_csr(X, offset_bytes: int) -> _sparse.CSR:
     """``X`` as jsoftmax's checked CSR whose data and indices start ``offset_bytes`` past a
     64-byte boundary (scipy's constructors may copy what they are given)."""
