@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/jsoftmax demo
 
-# The suite never uses the persistent compilation cache (tests count compilations).
+# The suite never uses the program store (tests count compilations). Then scikit-learn's own
+# test_logistic.py against our estimators (tests/conformance: shims, not-applicable list).
 test: $(STAMP)
 	JSOFTMAX_CACHE_DIR=off $(BIN)/python -m pytest -q
+	JSOFTMAX_CACHE_DIR=off $(BIN)/python -m pytest -q -c tests/conformance/pytest.ini \
+		--pyargs sklearn.linear_model.tests.test_logistic
 
 # Wheels a lent GPU machine lacks (it has no package registry); carried there in .whl/.
 # Then there: pip install --no-index --no-deps --target /tmp/site .whl/*.whl, and

@@ -182,39 +182,53 @@ def _memory_vs_n(quick: bool) -> list[dict]:
     return rows
 
 
-def _check_values_rate(quick: bool) -> dict:
-    """Training steps per second of a jitted SGD step on the op with and without ``check_values``
-    (under jit the check is a ``jax.debug.callback``: does it stall the device each step?)."""
+CHECK_SETTINGS = ("False", "True", "True+traced")  # check_values, and JSOFTMAX_CHECK_TRACED=1
+
+
+def _check_values_rate(quick: bool, shape: tuple[int, int, int] | None = None, steps: int | None = None) -> dict:
+    """Training steps per second of a jitted SGD step on the op: with ``check_values=False``,
+    with the default ``check_values=True`` (inside jit the value checks are off unless
+    ``JSOFTMAX_CHECK_TRACED=1``), and with that switch on (a ``jax.debug.callback`` per check:
+    does it stall the device each step?)."""
     import jax
 
     import jsoftmax
+    from jsoftmax import _validate
 
     from . import variants
 
-    n, d, k = (512, 64, 1000) if quick else (8192, 2048, 32768)
-    steps = 5 if quick else 50
+    n, d, k = shape or ((512, 64, 1000) if quick else (8192, 2048, 32768))
+    steps = steps or (5 if quick else 50)
     x, w, y = variants.inputs(n, d, k, "bfloat16")
 
-    def make(check):
+    def compiled(setting):
         def step(w, x, y):
+            check = setting != "False"
             g = jax.grad(lambda w: jsoftmax.linear_cross_entropy(x, w, y, check_values=check))(w)
             return w - 1e-3 * g
-        return jax.jit(step)
+        previous = os.environ.pop(_validate.TRACED_CHECKS_ENV, None)
+        try:
+            if setting == "True+traced":
+                os.environ[_validate.TRACED_CHECKS_ENV] = "1"  # read while tracing
+            return jax.jit(step).lower(w, x, y).compile()
+        finally:
+            os.environ.pop(_validate.TRACED_CHECKS_ENV, None)
+            if previous is not None:
+                os.environ[_validate.TRACED_CHECKS_ENV] = previous
 
-    programs = {check: make(check) for check in (False, True)}
-    hlo_callbacks = {str(check): _host_lines(programs[check].lower(w, x, y).compile().as_text())
-                     for check in programs}
-    rates = {str(check): [] for check in programs}
-    for check, fn in programs.items():  # warm-up (compile)
+    programs = {setting: compiled(setting) for setting in CHECK_SETTINGS}
+    hlo_callbacks = {setting: _host_lines(program.as_text()) for setting, program in programs.items()}
+    rates = {setting: [] for setting in programs}
+    for fn in programs.values():  # warm-up
         jax.block_until_ready(fn(w, x, y))
     for _ in range(3):
-        for check, fn in programs.items():
+        for setting, fn in programs.items():
             current = w
             start = time.perf_counter()
             for _ in range(steps):
                 current = fn(current, x, y)
             jax.block_until_ready(current)
-            rates[str(check)].append(steps / (time.perf_counter() - start))
+            rates[setting].append(steps / (time.perf_counter() - start))
     out = {"shape": [n, d, k], "steps": steps, "steps_per_s": {c: statistics.median(v) for c, v in rates.items()},
            "host_callbacks_in_hlo": hlo_callbacks}
     print(f"check_values steps/s: {out['steps_per_s']}", flush=True)
@@ -489,12 +503,15 @@ def _check_values_markdown(entry: dict | None) -> str:
         return ""
     rates = entry["steps_per_s"]
     callbacks = entry["host_callbacks_in_hlo"]
+    labels = {"False": "False", "True": "True (default: off inside jit)",
+              "True+traced": "True, JSOFTMAX_CHECK_TRACED=1"}
+    settings = [s for s in CHECK_SETTINGS if s in rates]
     return (f"### check_values inside a jitted training step (shape {tuple(entry['shape'])}, bf16, "
             f"{entry['steps']} SGD steps, median of 3)\n\n"
             + common_table(["check_values", "steps/s", "host callbacks in the compiled step"],
-                           [["False", f"{rates['False']:.1f}", len(callbacks["False"])],
-                            ["True", f"{rates['True']:.1f}", len(callbacks["True"])]])
-            + f"\nRatio with / without: {rates['True'] / rates['False']:.2f}.\n")
+                           [[labels[s], f"{rates[s]:.1f}", len(callbacks[s])] for s in settings])
+            + "\nRatio to check_values=False: "
+            + ", ".join(f"{labels[s]} {rates[s] / rates['False']:.3f}" for s in settings[1:]) + ".\n")
 
 
 def write_plot(payload: dict, path: Path) -> str | None:

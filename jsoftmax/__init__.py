@@ -1,17 +1,15 @@
 """jsoftmax: softmax (multinomial logistic) regression in JAX with a verified analytic gradient.
 
-Importing the package switches on JAX's persistent compilation cache in a private per-user
-folder (``jsoftmax._cache``; ``JSOFTMAX_CACHE_DIR`` moves it, ``JSOFTMAX_CACHE_DIR=off`` disables
-it; the compiled programs of fits are kept there too, ``jsoftmax._aot``, so that a new process
-neither traces nor compiles them). Importing loads jax and optax only: ``SoftmaxRegression`` (which needs
-scikit-learn) is imported when it is first used, and the CLI imports matplotlib and tqdm itself.
+Importing the package changes no JAX setting and writes nothing. jsoftmax keeps the compiled
+programs of its fits in a private per-user folder (``jsoftmax._aot``, ``jsoftmax._cache``:
+``JSOFTMAX_CACHE_DIR`` moves it, ``JSOFTMAX_CACHE_DIR=off`` disables it), so that a new process
+neither traces nor compiles them. Importing loads jax and optax only: ``SoftmaxRegression``
+(which needs scikit-learn) is imported when it is first used, and the CLI imports matplotlib and
+tqdm itself.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
-
-from ._aot import enable as _enable_program_store
-from ._cache import enable_compilation_cache as _enable_compilation_cache
 
 from ._api import hvp as hvp
 from ._api import linear_cross_entropy as linear_cross_entropy
@@ -38,10 +36,6 @@ try:
     __version__ = version("jsoftmax")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
-
-
-compilation_cache_dir = _enable_compilation_cache()  # see jsoftmax._cache: per user, JSOFTMAX_CACHE_DIR
-_enable_program_store(compilation_cache_dir)  # compiled fits kept beside it: jsoftmax._aot
 
 
 def __getattr__(name: str):

@@ -23,6 +23,7 @@ Forward-mode differentiation (``jax.jvp``) is not supported by a custom VJP and 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec as P
 
 from . import _aot, _engine, _inplace, _mesh, _rows, _sparse, _validate
 from ._reference import reference_loss
@@ -59,16 +61,19 @@ BACKWARDS = ("auto", "fused", "recompute")
 def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.0, z_loss=0.0,
             ignore_index=-100, reduction="mean", check_values=True, chunk_rows=None,
             class_chunk=None, mesh=None, data_axis=None, class_axis=None, softcap=None,
-            backward="auto", weight_grad_accumulation="auto", in_place=False
+            backward="auto", weight_grad_accumulation="auto", in_place=False,
+            names=_validate.RISK_NAMES, require_counted=True
             ) -> tuple[_validate.Problem, LossSpec, Plan]:
     """Validate and place the inputs of any loss; return them with what the loss is and how it
     runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``).
 
     ``in_place``: a large NumPy X (or a sparse X's CSR arrays) on a CPU is read where it lies
     instead of copied (``_inplace``, ``_sparse``); for callers that block until their program
-    ends (fits), since X must not change while it runs. Not with a ``mesh``."""
+    ends (fits), since X must not change while it runs. Not with a ``mesh``. ``names``: how the
+    calling function names its arguments (for messages); ``require_counted``: refuse concrete
+    data in which no row counts (see ``_validate.check_values``)."""
     problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing,
-                                        ignore_index, keep_host=in_place and mesh is None)
+                                        ignore_index, keep_host=in_place and mesh is None, names=names)
     _validate.check_scalar(z_loss, "z_loss", low=0.0, high=None)
     softcap = _validate.check_softcap(softcap)
     backward = _validate.check_choice(backward, "backward", BACKWARDS)
@@ -105,8 +110,8 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
         placed["X"] = _inplace.place(placed["X"], plan.chunk_rows)
     problem = problem._replace(**placed)
     if check_values:
-        _validate.check_values(problem, ignore_index)
-        _validate.check_params(problem.W, problem.b, l2=(l2, 0.0, np.inf),
+        _validate.check_values(problem, ignore_index, names=names, require_counted=require_counted)
+        _validate.check_params(problem.W, problem.b, names=names, l2=(l2, 0.0, np.inf),
                                label_smoothing=(label_smoothing, 0.0, 1.0),
                                z_loss=(z_loss, 0.0, np.inf))
     if sparse:  # laid out for the plan's chunks, on the device (each device its own rows)
@@ -318,10 +323,13 @@ def risk(
       >>> float(jsoftmax.risk(jnp.zeros((2, 3)), X, jnp.array([0, 2])))  # log 3
       1.0986123...
     """
-    args, statics = _risk_inputs(params, X, labels, _options(
-        sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
-        data_axis, class_axis))
-    return _risk_jit(*args, **statics)
+    def run(params, X, labels, sample_weight):
+        args, statics = _risk_inputs(params, X, labels, _options(
+            sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
+            data_axis, class_axis))
+        return _risk_jit(*args, **statics)
+
+    return _mesh.on_auto_axes(run, (params, X, labels, sample_weight), lambda _: P())
 
 
 def value_and_grad(
@@ -361,11 +369,15 @@ def value_and_grad(
       >>> grad.b  # mean of softmax - onehot: (1/3 - 1/2, 1/3, 1/3 - 1/2)
       Array([-0.16666..., 0.33333..., -0.16666...], dtype=float32)
     """
-    args, statics = _risk_inputs(params, X, labels, _options(
-        sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
-        data_axis, class_axis))
-    value, grad = _value_and_grad_jit(*args, **statics)
-    return value, grad if isinstance(params, Params) else grad.W
+    def run(params, X, labels, sample_weight):
+        args, statics = _risk_inputs(params, X, labels, _options(
+            sample_weight, l2, label_smoothing, ignore_index, check_values, chunk_rows, mesh,
+            data_axis, class_axis))
+        value, grad = _value_and_grad_jit(*args, **statics)
+        return value, grad if isinstance(params, Params) else grad.W
+
+    return _mesh.on_auto_axes(run, (params, X, labels, sample_weight),
+                              lambda _: (P(), _like_params(params)))
 
 
 def objective_hvp(params: Params, V: Params, X: Features, labels: Labels, sample_weight: RowValues | None,
@@ -441,13 +453,16 @@ def hvp(
       Array([[ 2., -1., -1.],
              [ 0.,  0.,  0.]], dtype=float32)
     """
-    problem, spec, plan = prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
-                                  label_smoothing=label_smoothing, ignore_index=ignore_index,
-                                  check_values=check_values, chunk_rows=chunk_rows)
-    VW, Vb = _validate.check_direction(V, params, problem.W, problem.b)
-    HW, Hb = _hvp_jit(problem.W, problem.b, problem.X, problem.labels, problem.sample_weight,
-                      VW, Vb, l2, label_smoothing, spec=spec, plan=plan)
-    return Params(HW, Hb) if isinstance(params, Params) else HW
+    def run(params, X, labels, V, sample_weight):
+        problem, spec, plan = prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
+                                      label_smoothing=label_smoothing, ignore_index=ignore_index,
+                                      check_values=check_values, chunk_rows=chunk_rows)
+        VW, Vb = _validate.check_direction(V, params, problem.W, problem.b)
+        HW, Hb = _hvp_jit(problem.W, problem.b, problem.X, problem.labels, problem.sample_weight,
+                          VW, Vb, l2, label_smoothing, spec=spec, plan=plan)
+        return Params(HW, Hb) if isinstance(params, Params) else HW
+
+    return _mesh.on_auto_axes(run, (params, X, labels, V, sample_weight), lambda _: _like_params(params))
 
 
 def risk_grad(params: Params | Weights, X: Features, labels: Labels, **options: Any
@@ -492,11 +507,17 @@ def linear_cross_entropy(
         \qquad z_n = x_n W + b \;\; (\text{or } c\tanh((x_n W + b)/c)),\; t_n = (1-\varepsilon) y_n + \varepsilon / K
 
     Args:
-      x: (N, D) inputs (e.g. a language model's final hidden states), f32/f64/bf16.
+      x: (N, D) inputs (e.g. a language model's final hidden states), f32/f64/bf16, or
+        (..., D) with leading dimensions such as (batch, time), as optax's losses take them:
+        the rows are flattened (free) and per-row outputs come back in the leading shape.
       w: (D, K) head weights, same dtype as ``x``; bias: optional (K,).
       labels: (N,) integer ids in [0, K) (``ignore_index`` rows leave the loss and the count),
-        or (N, K) probability rows (which get their gradient, −(1−ε)·log softmax).
-      reduction: "mean" over counted rows, "sum", or "none" (per row, 0 on ignored rows).
+        or (N, K) probability rows (which get their gradient, −(1−ε)·log softmax); with
+        leading dimensions, ``x.shape[:-1]`` or ``x.shape[:-1] + (K,)``.
+      reduction: "mean" over counted rows, "sum", or "none" (per row, 0 on ignored rows). A
+        batch in which no row counts (every label ``ignore_index``, as a fully padded
+        microbatch) has the loss 0 for every reduction, with zero gradients — never an error,
+        eagerly or inside ``jit``.
       label_smoothing: ε in [0, 1). z_loss: ζ ≥ 0, adds ζ·lse² per row (PaLM's z-loss).
       implementation: "auto" or "chunked" (row chunks, class blocks when K is huge, the
         analytic backward), or "reference" (materialised logits, JAX autodiff; the oracle).
@@ -523,7 +544,8 @@ def linear_cross_entropy(
         ``class_axis`` of a ``jax.sharding.Mesh`` (chunked implementation only).
 
     Returns:
-      The loss (a scalar, or (N,) with ``reduction="none"``), float32 for 16-bit inputs. With
+      The loss (a scalar, or (N,) — the leading shape of ``x`` — with ``reduction="none"``),
+      float32 for 16-bit inputs. With
       any ``return_*`` flag, a tuple ``(loss, lse, predictions, accuracy)`` holding only the
       outputs asked for, in that order. Gradients with respect to x, w and bias come back in
       their own dtypes.
@@ -548,21 +570,61 @@ def linear_cross_entropy(
     flags = tuple(_validate.check_flag(value, name) for value, name in (
         (return_lse, "return_lse"), (return_predictions, "return_predictions"),
         (return_accuracy, "return_accuracy")))
-    problem, spec, plan = prepare(
-        Params(w, bias), x, labels, label_smoothing=label_smoothing, z_loss=z_loss,
-        ignore_index=ignore_index, reduction=reduction, check_values=check_values,
-        chunk_rows=chunk_size, class_chunk=class_chunk_size, mesh=mesh, data_axis=data_axis,
-        class_axis=class_axis, softcap=softcap, backward=backward,
-        weight_grad_accumulation=weight_grad_accumulation)
-    args = (problem.W, problem.b, problem.X, problem.labels, label_smoothing, z_loss)
-    return _head_jit(*args, spec, None if implementation == "reference" else plan, flags)
+
+    def run(x, w, labels, bias):
+        x, labels, lead = _rows_of(x, labels)
+        problem, spec, plan = prepare(
+            Params(w, bias), x, labels, label_smoothing=label_smoothing, z_loss=z_loss,
+            ignore_index=ignore_index, reduction=reduction, check_values=check_values,
+            chunk_rows=chunk_size, class_chunk=class_chunk_size, mesh=mesh, data_axis=data_axis,
+            class_axis=class_axis, softcap=softcap, backward=backward,
+            weight_grad_accumulation=weight_grad_accumulation, names=_validate.HEAD_NAMES,
+            require_counted=False)
+        args = (problem.W, problem.b, problem.X, problem.labels, label_smoothing, z_loss)
+        return _head_jit(*args, spec, None if implementation == "reference" else plan, flags, lead)
+
+    def out_sharding(_):
+        rows = _mesh.row_spec(x)  # per-row outputs are laid out like x's rows
+        value = rows if reduction == "none" else P()
+        extras = (rows,) * (flags[0] + flags[1]) + ((rows if reduction == "none" else P()),) * flags[2]
+        return (value, *extras) if any(flags) else value
+
+    return _mesh.on_auto_axes(run, (x, w, labels, bias), out_sharding)
 
 
-@partial(jax.jit, static_argnums=(6, 7, 8))
+def _rows_of(x, labels):
+    """``x`` (..., D) and its labels as rows: (N, D) and (N,) or (N, K), and the leading shape
+    to give per-row outputs back (None when ``x`` is already 2-D)."""
+    shape = tuple(np.shape(x))
+    if len(shape) <= 2:
+        return x, labels, None
+    lead, label_shape = shape[:-1], tuple(np.shape(labels))
+    if label_shape[:len(lead)] != lead or len(label_shape) not in (len(lead), len(lead) + 1):
+        raise ValueError(f"`labels` must have shape {lead} (class ids) or {lead} + (K,) (probability "
+                         f"rows) to match `x` of shape {shape}; got {label_shape}.")
+    n = math.prod(lead)
+    rows = (n, *label_shape[len(lead):])
+    reshape = np.reshape if isinstance(x, np.ndarray) else jnp.reshape
+    x = reshape(x, (n, shape[-1]))
+    labels = (np.reshape if isinstance(labels, np.ndarray) else jnp.reshape)(labels, rows)
+    return x, labels, lead
+
+
+@partial(jax.jit, static_argnums=(6, 7, 8, 9))
 def _head_jit(W, b, X, labels, eps, zeta, spec: LossSpec, plan: Plan | None,
-              flags: tuple[bool, bool, bool]):
+              flags: tuple[bool, bool, bool], lead: tuple[int, ...] | None = None):
     """The LM-head loss and the auxiliary outputs ``flags`` asks for (lse, predictions,
-    accuracy); ``plan=None`` runs the reference (materialised logits, JAX's autodiff)."""
+    accuracy); ``plan=None`` runs the reference (materialised logits, JAX's autodiff). Per-row
+    outputs take the shape ``lead`` when given."""
+    out = _head_outputs(W, b, X, labels, eps, zeta, spec, plan, flags)
+    if lead is None:
+        return out
+    per_row = lambda a: a.reshape(lead) if a.ndim == 1 else a  # noqa: E731
+    return tuple(map(per_row, out)) if isinstance(out, tuple) else per_row(out)
+
+
+def _head_outputs(W, b, X, labels, eps, zeta, spec: LossSpec, plan: Plan | None,
+                  flags: tuple[bool, bool, bool]):
     return_lse, return_predictions, return_accuracy = flags
     need_predictions = return_predictions or return_accuracy
     if plan is None:
@@ -622,11 +684,12 @@ def _features(params, X, in_place: bool = False):
     ``in_place`` a large NumPy X read where it lies (``_inplace``)."""
     W, b, X = _validate.prepare_features(params, X, keep_host=in_place)
     if isinstance(X, _sparse.CSR):
-        _validate.check_sparse_values(X)
-        X = _sparse.chunked_rows(X, X.shape[0], transposed=False, in_place=in_place)
-    elif isinstance(X, np.ndarray):
+        _validate.check_finite_features(X)  # NaN rows are refused, as a fit refuses them
+        return W, b, _sparse.chunked_rows(X, X.shape[0], transposed=False, in_place=in_place)
+    if isinstance(X, np.ndarray):
         rows, _ = _engine.choose_chunks(X.shape[0], W.shape[1], d=X.shape[1], itemsize=X.dtype.itemsize)
         X = _inplace.place(X, rows)
+    _validate.check_finite_features(X)
     return W, b, X
 
 
@@ -641,9 +704,18 @@ def host_predictions(params: Params | Weights, X: Features, *, probabilities: bo
 def predict_proba(params: Params | Weights, X: Features) -> jax.Array:
     """Class probabilities softmax(XW + b), shape (N, K) (float32 for 16-bit inputs). X dense
     or sparse (scipy.sparse, BCOO, BCSR)."""
-    return _proba_jit(*_features(params, X))
+    return _mesh.on_auto_axes(lambda p, X: _proba_jit(*_features(p, X)), (params, X),
+                              lambda _: P(*_mesh.row_spec(X), None))
 
 
 def predict(params: Params | Weights, X: Features) -> jax.Array:
     """Most probable class id per row, argmax of XW + b, shape (N,). X dense or sparse."""
-    return _predict_jit(*_features(params, X))
+    return _mesh.on_auto_axes(lambda p, X: _predict_jit(*_features(p, X)), (params, X),
+                              lambda _: _mesh.row_spec(X))
+
+
+def _like_params(params) -> Any:
+    """PartitionSpecs of a gradient or H·V shaped like ``params``, from the params' types."""
+    if isinstance(params, Params):
+        return Params(_mesh.spec_of(params.W), None if params.b is None else _mesh.spec_of(params.b))
+    return _mesh.spec_of(params)

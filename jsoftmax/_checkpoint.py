@@ -12,6 +12,7 @@ warrants), checks the CRCs, the manifest and the checksum, and turns every failu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -204,7 +205,10 @@ def fingerprint(arrays, options: dict[str, Any]) -> str:
     process checks its own rows). ``None`` entries are recorded as absent.
     """
     digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=repr).encode())
-    for array in arrays:
+    # An X read in place by its values (its NumPy array); a sparse layout by its arrays.
+    leaves = [leaf for array in arrays for leaf in
+              ([array] if array is None or hasattr(array, "__array__") else jax.tree_util.tree_leaves(array))]
+    for array in leaves:
         if array is None:
             digest.update(b"none")
             continue
@@ -217,30 +221,101 @@ def fingerprint(arrays, options: dict[str, Any]) -> str:
             digest.update(values.reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
-_CKPT = re.compile(r"^ckpt-(\d{9})\.npz$")
+
+def describe(obj: Any, _depth: int = 0, _seen: set | None = None) -> str:
+    """A text that names what ``obj`` computes, the same in every process: for a function
+    (an optax transformation's ``init``/``update``, a schedule) its module, name and code, and
+    what its closure and defaults hold, recursively; numbers, strings and arrays by value. Two
+    ``optax.adam(0.1)`` describe the same; ``optax.adam(0.2)`` or ``optax.sgd(0.1)`` differ."""
+    seen = set() if _seen is None else _seen
+    if _depth > 12 or id(obj) in seen:
+        return "..."
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        return repr(obj)
+    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
+        value = np.asarray(obj)
+        return f"array({value.dtype.str}{value.shape}:{hashlib.sha256(value.tobytes()).hexdigest()[:16]})"
+    seen.add(id(obj))
+    inner = lambda value: describe(value, _depth + 1, seen)  # noqa: E731
+    if isinstance(obj, (tuple, list)):
+        return f"{type(obj).__name__}({', '.join(map(inner, obj))})"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{inner(k)}: {inner(v)}" for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))) + "}"
+    code = getattr(obj, "__code__", None)
+    if code is not None:  # a function: its code and everything it closes over
+        cells = [inner(cell.cell_contents) if _filled(cell) else "<empty>" for cell in obj.__closure__ or ()]
+        digest = _code_digest(code)
+        return (f"{obj.__module__}.{obj.__qualname__}[{digest}](closure={cells}, "
+                f"defaults={inner(obj.__defaults__)}, kwdefaults={inner(obj.__kwdefaults__)})")
+    if isinstance(obj, functools.partial):
+        return f"partial({inner(obj.func)}, {inner(obj.args)}, {inner(obj.keywords)})"
+    fields = getattr(obj, "_asdict", None)
+    if callable(fields):  # a NamedTuple, e.g. optax.GradientTransformation
+        return f"{type(obj).__qualname__}({inner(fields())})"
+    state = getattr(obj, "__dict__", None)
+    return f"{type(obj).__module__}.{type(obj).__qualname__}({inner(state) if isinstance(state, dict) else ''})"
 
 
-def save_checkpoint(folder: str | os.PathLike, step: int, state: Any, meta: dict[str, Any], keep: int = 2) -> Path:
-    """Save the pytree ``state`` as checkpoint ``step`` in ``folder``; keep the last ``keep``."""
+def _code_digest(code) -> str:
+    """A digest of a code object's instructions, names and constants (nested code included),
+    the same in every process (no addresses)."""
+    digest = hashlib.sha256(code.co_code + repr(code.co_names).encode())
+    for const in code.co_consts:
+        digest.update((_code_digest(const) if hasattr(const, "co_code") else repr(const)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+# ckpt-<run>-<step>.npz: a run (its fingerprint's first 16 hex digits) owns its files, so runs
+# sharing a folder never prune each other's. Files of older jsoftmax, ckpt-<step>.npz, are
+# read for resuming when their fingerprint matches.
+_CKPT = re.compile(r"^ckpt-(?:(?P<run>[0-9a-f]{16})-)?(?P<step>\d{9})\.npz$")
+
+
+def run_id(fingerprint_text: str) -> str:
+    """The name a run's checkpoint files carry: the first 16 hex digits of its fingerprint."""
+    return fingerprint_text[:16]
+
+
+def save_checkpoint(folder: str | os.PathLike, step: int, state: Any, meta: dict[str, Any], *,
+                    run: str, keep: int = 2) -> Path:
+    """Save the pytree ``state`` as checkpoint ``step`` of ``run`` in ``folder``; keep that run's
+    last ``keep`` (other runs' files are left alone)."""
     folder = Path(folder)
-    if folder.is_dir():  # temporary files of a writer that was killed mid-write
-        for stale in folder.glob(".ckpt-*.tmp"):
+    if folder.is_dir():  # temporary files of this run's writer that was killed mid-write
+        for stale in folder.glob(f".ckpt-{run}-*.tmp"):
             stale.unlink(missing_ok=True)
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    path = atomic_save_npz(folder / f"ckpt-{step:09d}.npz", arrays, dict(meta, kind="checkpoint", step=step))
-    for old in list_checkpoints(folder)[keep:]:
+    path = atomic_save_npz(folder / f"ckpt-{run}-{step:09d}.npz", arrays,
+                           dict(meta, kind="checkpoint", step=step, run=run))
+    for old in list_checkpoints(folder, run=run)[keep:]:
         old.unlink(missing_ok=True)
     return path
 
 
-def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
-    """Checkpoint files in ``folder``, newest first (temporary files are never listed)."""
+def list_checkpoints(folder: str | os.PathLike, run: str | None = None) -> list[Path]:
+    """Checkpoint files in ``folder`` (of ``run`` only, when given), newest first; temporary
+    files are never listed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _CKPT.match(p.name)]
-    return sorted(found, key=lambda p: int(_CKPT.match(p.name).group(1)), reverse=True)
+    found = [(m, p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
+    if run is not None:
+        found = [(m, p) for m, p in found if m.group("run") == run]
+    return [p for m, p in sorted(found, key=lambda mp: int(mp[0].group("step")), reverse=True)]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file's name records."""
+    return int(_CKPT.match(Path(path).name).group("step"))
 
 
 def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
@@ -265,20 +340,39 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, 
     return jax.tree_util.tree_unflatten(treedef, restored), meta
 
 
-def load_latest_checkpoint(folder: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]] | None:
-    """The newest checkpoint in ``folder`` that loads, or None if there is none.
+def load_latest_checkpoint(folder: str | os.PathLike, like: Any, *, run: str | None = None,
+                           fingerprint: str | None = None) -> tuple[Any, dict[str, Any]] | None:
+    """The newest checkpoint of ``run`` in ``folder`` that loads, or None if the folder holds
+    no checkpoint at all.
 
     A file that fails to load is skipped (with atomic writes this cannot happen through a
-    crash, but a disk can still corrupt a file); a mismatch with ``like`` is an error.
+    crash, but a disk can still corrupt a file); a mismatch with ``like`` is an error. With
+    ``run``, files of older jsoftmax (no run in their name) count when their ``fingerprint``
+    matches; when the folder holds only other runs' checkpoints, ``CheckpointMismatchError``.
     """
     errors = []
-    for path in list_checkpoints(folder):
+    mine = list_checkpoints(folder, run) if run is not None else list_checkpoints(folder)
+    legacy = [p for p in list_checkpoints(folder) if run is not None and _CKPT.match(p.name).group("run") is None]
+    for path in sorted(mine + legacy, key=checkpoint_step, reverse=True):
         try:
-            return load_checkpoint(path, like)
+            tree, meta = load_checkpoint(path, like)
         except CheckpointMismatchError:
+            if path in legacy:
+                continue
             raise  # a readable file of another problem: an error, not a damaged file to skip
         except ValueError as err:
             errors.append(str(err))
+            continue
+        if path in legacy and meta.get("fingerprint") != fingerprint:
+            continue
+        return tree, meta
     if errors:
         raise ValueError(f"no checkpoint in {folder} could be read: {'; '.join(errors)}")
+    others = list_checkpoints(folder)
+    if run is not None and others:
+        raise CheckpointMismatchError(
+            f"the checkpoints in {folder} ({len(others)} file(s)) were written for other data or options "
+            "(data, weights, l2/C, label smoothing, ignore_index, batch size, seed, dtype, solver or "
+            "optimizer differ): resuming would continue a different problem. Use another folder, or "
+            "resume=False to start afresh (other runs' checkpoints are kept).")
     return None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 from ._metrics import classification_metrics, metrics_lines
@@ -73,15 +75,55 @@ def _jsonable(value):
 
 
 def _load_training_data(args: argparse.Namespace):
+    """(X, y, source, reading): the training data and how its columns were read."""
     from . import _data
 
     if args.file and args.dataset:
         raise ValueError("give either FILE or --dataset, not both.")
     if args.file:
-        return _data.load_file(args.file, label_column=_label_column(args.label_column),
-                               labels_path=args.labels_file), str(args.file)
+        X, y, reading = _data.read_file(args.file, label_column=_label_column(args.label_column),
+                                        labels_path=args.labels_file)
+        return X, y, str(args.file), reading
     name = args.dataset or "digits"
-    return _data.load_dataset(name), f"dataset {name}"
+    return (*_data.load_dataset(name), f"dataset {name}", _data.Reading("dataset"))
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before training, outputs that would destroy something: a path that is one of the
+    data files read, ``--out`` over a file that is not a jsoftmax model, ``--plot`` over a file
+    that is not a PNG, or both outputs on one path."""
+    from . import _checkpoint
+
+    inputs = [p for p in (args.file, args.labels_file) if p]
+    if args.file and not args.labels_file:
+        from . import _data
+
+        guess = _data.guessed_labels_path(args.file)
+        inputs += [guess] if guess is not None else []
+    outputs = [(flag, path) for flag, path in (("--out", args.out), ("--plot", args.plot)) if path]
+    if len(outputs) == 2 and os.path.abspath(args.out) == os.path.abspath(args.plot):
+        raise ValueError(f"--out and --plot name the same file {args.out}: one would overwrite the other.")
+    for flag, path in outputs:
+        for data in inputs:
+            if os.path.abspath(path) == os.path.abspath(data) or (
+                    os.path.exists(path) and os.path.exists(data) and os.path.samefile(path, data)):
+                raise ValueError(f"{flag} {path} is the data file being read: it would be overwritten. "
+                                 "Choose another file name.")
+        if not os.path.exists(path):
+            continue
+        if os.path.isdir(path):
+            raise ValueError(f"{flag} {path} is a directory.")
+        if flag == "--out":
+            try:
+                _checkpoint.load_npz(path, kind="model", require_checksum=False)
+            except ValueError:
+                raise ValueError(f"--out {path} exists and is not a jsoftmax model file: it is not "
+                                 "overwritten. Choose another file name, or remove it first.") from None
+        else:
+            with open(path, "rb") as handle:
+                if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                    raise ValueError(f"--plot {path} exists and is not a PNG image: it is not overwritten. "
+                                     "Choose another file name, or remove it first.")
 
 
 def _label_column(text: str | None):
@@ -135,15 +177,17 @@ def _check_known_labels(model, y, source) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
 
     from ._estimator import SoftmaxRegression
 
     if not 0 <= args.test_size < 1:
         raise ValueError(f"--test-size must lie in [0, 1); got {args.test_size}.")
-    (X, y), source = _load_training_data(args)
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint DIR.")
+    _check_outputs(args)
+    X, y, source, reading = _load_training_data(args)
     if args.test_size > 0:
         _, counts = np.unique(y, return_counts=True)
         stratify = y if counts.min() >= 2 else None
@@ -160,11 +204,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     progress = _Progress(enabled=not (args.quiet or args.json))
     started = time.perf_counter()
     try:
-        model.fit(X_train, y_train, callback=progress, checkpoint_dir=args.checkpoint,
-                  checkpoint_every=args.checkpoint_every, resume=args.resume)
+        with warnings.catch_warnings():  # the report below says whether and why it stopped early
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X_train, y_train, callback=progress, checkpoint_dir=args.checkpoint,
+                      checkpoint_every=args.checkpoint_every, resume=args.resume)
     finally:
         progress.close()
     fit_seconds = time.perf_counter() - started
+    if model.optimality_["stop_reason"] == "diverged":
+        advice = ("lower --lr, or use a full-batch solver (--solver lbfgs or newton-cg)" if minibatch
+                  else "scale the features (drop --no-standardize) or raise --C's penalty (a smaller --C)")
+        raise ValueError(f"training diverged: the loss or its gradient became NaN or infinite after "
+                         f"{int(model.n_iter_[0])} {'epochs' if minibatch else 'iterations'} (solver "
+                         f"{args.solver}); {advice}. No model was saved.")
     from . import _data
 
     data = _data.describe(X)
@@ -179,13 +231,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
              "Optimality: gradient max-abs {grad_norm:.2e} after {n_iter} iterations, "
              "converged={converged} ({stop_reason}).".format(**model.optimality_),
              f"Train accuracy {payload['train']['accuracy']:.4f}, log loss {payload['train']['log_loss']:.4f}."]
+    if not model.optimality_["converged"]:
+        lines.append("Not converged to --tol: raise --max-iter (or --epochs), or loosen --tol.")
     if X_test is not None:
         payload["test"] = classification_metrics(model, X_test, y_test)
         lines += metrics_lines("Test", payload["test"])
+    payload["model"] = None
     if args.out:
-        model.save(args.out)
+        model.save(args.out, metadata={"reading": reading.to_dict()})
         payload["model"] = str(args.out)
         lines.append(f"Model saved to {args.out}.")
+    else:
+        lines.append("The model was not saved: pass --out MODEL.npz to keep it.")
     if args.plot:
         from ._plot import training_plot
 
@@ -198,29 +255,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_and_data(args: argparse.Namespace):
-    """The saved model and the rows of the data file named on the command line."""
+def _model_and_data(args: argparse.Namespace, require_labels: bool):
+    """The saved model and the rows of the data file, read as the model's training file was."""
     from . import _data
     from ._estimator import SoftmaxRegression
 
     model = SoftmaxRegression.load(args.model)
-    X, y = _data.load_file(args.file, label_column=_label_column(args.label_column),
-                           labels_path=args.labels_file, n_features=model.n_features_in_)
+    reading = model.file_metadata_.get("reading")
+    try:
+        reading = None if reading is None else _data.Reading.from_dict(reading)
+    except ValueError as err:
+        raise ValueError(f"{args.model}: invalid model file: {err}") from None
+    X, y = _data.read_like(args.file, reading, model.n_features_in_,
+                           label_column=_label_column(args.label_column), labels_path=args.labels_file,
+                           require_labels=require_labels)
     return model, X, y
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from . import _data
-    from ._estimator import SoftmaxRegression
+    import csv
+    import io
 
-    model = SoftmaxRegression.load(args.model)
-    X = _data.load_features(args.file, model.n_features_in_, label_column=_label_column(args.label_column),
-                            labels_path=args.labels_file)
+    from . import _data
+
+    model, X, _ = _model_and_data(args, require_labels=False)
     data = _data.describe(X)
+    classes = model.classes_.tolist()
     if args.proba:
         proba = model.predict_proba(X)
-        payload = {"classes": model.classes_.tolist(), "proba": proba.tolist(), "data": data}
-        lines = [" ".join(f"{p:.6f}" for p in row) for row in proba]
+        payload = {"classes": classes, "proba": proba.tolist(), "data": data}
+        # CSV with a header of class names, one row of probabilities per input row.
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(classes)
+        writer.writerows([[f"{p:.6f}" for p in row] for row in proba])
+        lines = text.getvalue().splitlines()
     else:
         predicted = model.predict(X).tolist()
         payload = {"predictions": predicted, "data": data}
@@ -232,7 +301,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import _data
 
-    model, X, y = _model_and_data(args)
+    model, X, y = _model_and_data(args, require_labels=True)
     _check_known_labels(model, y, args.file)
     payload = classification_metrics(model, X, y)
     payload["data"] = _data.describe(X)

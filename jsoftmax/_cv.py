@@ -8,21 +8,25 @@ makes scikit-learn's search cheap, kept here — so each compiled solve needs fe
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import accuracy_score, check_scoring
+from sklearn.metrics import accuracy_score, get_scorer, make_scorer
 from sklearn.model_selection import check_cv
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils import metadata_routing
+from sklearn.utils.metadata_routing import (MetadataRouter, MethodMapping, _raise_for_params,
+                                            _routing_enabled, process_routing)
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import _check_method_params, check_is_fitted, validate_data
 
 from . import _sparse
 from ._compat import enable_x64
-from ._estimator import SoftmaxRegression, column_moments
+from ._estimator import (SoftmaxRegression, coefficient_dtype, column_moments, penalty_strength,
+                         training_weights)
 from ._train import fit_many
 from ._types import Params
 
@@ -52,6 +56,19 @@ def _predict_by_blocks(models: list, X, rows: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate(part) for part in parts]
 
 
+def _with_labels(scorer, classes: np.ndarray):
+    """``scorer`` told every class (``labels=``, and the positive class of a binary problem),
+    when its metric takes them: a fold's test rows may lack a class (scikit-learn does the same
+    in ``_log_reg_scoring_path``)."""
+    function = getattr(scorer, "_score_func", None)
+    parameters = inspect.signature(function).parameters if function is not None else {}
+    if "labels" not in parameters:
+        return scorer
+    extra = {"pos_label": classes[-1]} if len(classes) == 2 and "pos_label" in parameters else {}
+    return make_scorer(function, greater_is_better=scorer._sign == 1, response_method=scorer._response_method,
+                       labels=classes, **extra, **getattr(scorer, "_kwargs", {}))
+
+
 class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression with C chosen by cross-validation, every (C, fold) model
     fitted in compiled, vmapped solves.
@@ -76,6 +93,9 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
     ``n_iter_`` (1, n_folds, n_Cs), ``coef_``, ``intercept_``, ``classes_``,
     ``n_features_in_``; and ``best_estimator_``, the refitted :class:`SoftmaxRegression`.
     """
+
+    # ``score`` takes ``sample_weight`` for its scorer, as LogisticRegressionCV's (routing).
+    __metadata_request__score = {"sample_weight": metadata_routing.UNUSED}
 
     def __init__(self, Cs: int | list = 10, *, cv: Any = None, scoring: Any = None, refit: bool = True,
                  fit_intercept: bool = True, class_weight: dict | str | None = None, max_iter: int = 100,
@@ -107,59 +127,89 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
             raise ValueError(f"`Cs` must be a non-empty list of positive finite numbers; got {Cs!r}.")
         return grid
 
-    def _folds(self, X, y) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _folds(self, X, y, split_params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         cv = 5 if self.cv is None else self.cv
-        if isinstance(cv, numbers.Integral) and not isinstance(cv, bool):
-            smallest = int(np.min(np.unique(y, return_counts=True)[1]))
-            if cv < 2 or cv > len(y) or cv > smallest:
-                raise ValueError(f"`cv`={cv} folds need 2 ≤ cv ≤ the smallest class count ({smallest}) "
-                                 f"and ≤ the number of samples ({len(y)}).")
+        if isinstance(cv, numbers.Integral) and not isinstance(cv, bool) and not 2 <= cv <= len(y):
+            raise ValueError(f"`cv`={cv} folds need 2 ≤ cv ≤ the number of samples ({len(y)}).")
         folds = [(np.asarray(train), np.asarray(test)) for train, test in
-                 check_cv(cv, y, classifier=True).split(X, y)]
+                 check_cv(cv, y, classifier=True).split(X, y, **split_params)]
         for i, (train, test) in enumerate(folds):
             if len(train) == 0 or len(test) == 0:
                 raise ValueError(f"`cv` fold {i} has an empty {'training' if len(train) == 0 else 'test'} set.")
-            if len(np.unique(y[train])) < 2:
-                raise ValueError(f"`cv` fold {i} trains on a single class; a fold needs at least two.")
+        # A fold whose training rows lack a class is fitted like scikit-learn fits it: over all
+        # the classes, the missing ones held back by the penalty alone.
         return folds
 
-    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> SoftmaxRegressionCV:
-        """Search C over the folds, then refit; returns self."""
+    def _get_scorer(self):
+        """The scorer of ``scoring`` (accuracy by default), as scikit-learn's."""
+        return get_scorer(self.scoring if self.scoring is not None else "accuracy")
+
+    def get_metadata_routing(self):
+        """Metadata routing, as ``LogisticRegressionCV``'s: ``fit`` routes to the splitter's
+        ``split`` and the scorer's ``score``; ``score`` to the scorer."""
+        return (MetadataRouter(owner=self).add_self_request(self)
+                .add(splitter=check_cv(self.cv), method_mapping=MethodMapping().add(caller="fit", callee="split"))
+                .add(scorer=self._get_scorer(), method_mapping=MethodMapping().add(caller="score", callee="score")
+                     .add(caller="fit", callee="score")))
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, **score_params) -> float:
+        """The ``scoring`` option's score of the fitted model on (X, y), as scikit-learn's
+        ``LogisticRegressionCV.score`` (``sample_weight`` and routed metadata reach the scorer)."""
+        _raise_for_params(score_params, self, "score")
+        if sample_weight is not None:
+            score_params["sample_weight"] = sample_weight
+        if _routing_enabled():
+            params = process_routing(self, "score", **score_params).scorer.score
+        else:
+            params = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return self._get_scorer()(self, X, y, **params)
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, **params) -> SoftmaxRegressionCV:
+        """Search C over the folds, then refit; returns self. ``params`` are routed to the
+        splitter and the scorer (scikit-learn's metadata routing, when enabled)."""
+        _raise_for_params(params, self, "fit")
         if self.solver not in CV_SOLVERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {', '.join(CV_SOLVERS)}.")
         template = self._template(1.0)
         template._check_params()
         grid = self._grid()
+        out_dtype = coefficient_dtype(X)
         X, y = validate_data(self, X, y, dtype=template._input_dtypes(), ensure_min_samples=2,
                              accept_sparse="csr")
         check_classification_targets(y)
         classes, y_ids = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"`y` needs samples of at least 2 classes; got 1 class: {classes[0]!r}.")
-        folds = self._folds(X, y)
-        base = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        if np.any(base < 0):
-            raise ValueError("`sample_weight` must be non-negative.")
-        if self.class_weight is not None:
-            base = base * compute_class_weight(self.class_weight, classes=classes, y=y)[y_ids]
+        if _routing_enabled():
+            routed = process_routing(self, "fit", sample_weight=sample_weight, **params)
+            split_params, score_params = routed.splitter.split, routed.scorer.score
+        else:
+            split_params, score_params = {}, ({} if sample_weight is None else {"sample_weight": sample_weight})
+        folds = self._folds(X, y, split_params)
+        base, total = training_weights(self.class_weight, sample_weight, X, y, classes, y_ids)
+        unit = total / float(np.sum(base))  # what a weight of 1 in `base` weighs
         n, d = X.shape
         k = len(classes)
         weights = np.zeros((len(folds), n))
         for i, (train, _) in enumerate(folds):
             weights[i, train] = base[train]
-        totals = weights.sum(axis=1)
-        scale_l2 = (2.0 if k == 2 else 1.0) / totals
+        # Each fold's penalty in the scaled form, λ = 1/(C·Σs) (see penalty_strength), from its
+        # own training weights; a fold whose training rows all weigh 0 is the penalty alone,
+        # whose minimum W = 0 any λ > 0 finds.
+        totals = weights.sum(axis=1) * unit
+        totals = np.where(totals > 0, totals, 1.0)
+        peaks = weights.max(axis=1)  # each fold's weights divided by their largest (float32, tiny)
+        weights = weights / np.where(peaks > 0, peaks, 1.0)[:, None]
         means = scales = None
         if self.standardize:
             moments = [column_moments(X, rows=np.isin(np.arange(n), train)) for train, _ in folds]
             means = np.stack([m for m, _ in moments])
             scales = np.stack([np.where(s > 0, s, 1.0) for _, s in moments])
-        scorer = check_scoring(self, scoring=self.scoring) if self.scoring is not None else None
         n_folds, n_cs = len(folds), len(grid)
         paths = np.zeros((n_folds, n_cs, d, k))
         biases = np.zeros((n_folds, n_cs, k))
         scores = np.zeros((n_folds, n_cs))
-        iterations = np.zeros((n_folds, n_cs), int)
+        iterations = np.zeros((n_folds, n_cs), np.int32)
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
             # A dense X in the fits' dtype, read in place by fit_many when large (no device copy).
@@ -170,8 +220,9 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
             b = np.zeros((n_folds, k), dtype) if self.fit_intercept else None
             fold_weights = np.asarray(weights, dtype)
             for j, C in enumerate(grid):  # warm-started along the path, folds in parallel
+                l2 = [penalty_strength(C, total, k, self.dtype) for total in totals]
                 result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
-                                  l2=np.asarray(scale_l2 / C, dtype), solver=self.solver, tol=float(self.tol),
+                                  l2=np.asarray(l2, dtype), solver=self.solver, tol=float(self.tol),
                                   max_iter=int(self.max_iter), feature_means=means, feature_scales=scales)
                 W, b = result.params.W, result.params.b
                 paths[:, j] = np.asarray(W, np.float64)
@@ -182,15 +233,28 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
             models = [self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes, d,
                                    None if means is None else means[i], None if scales is None else scales[i])
                       for j, C in enumerate(grid)]
-            if scorer is not None:
-                scores[i] = [scorer(model, X[test], y[test]) for model in models]
-            else:  # accuracy, as model.score(X[test], ...), but never a whole copy of X[test]
+            if self.scoring is None and set(score_params) <= {"sample_weight"}:
+                # accuracy, as model.score(X[test], ...), but never a whole copy of X[test]
                 predicted = _predict_by_blocks(models, X, test)
-                scores[i] = [accuracy_score(y[test], p, sample_weight=None if sample_weight is None else base[test])
-                             for p in predicted]
-        best = int(np.argmax(scores.mean(axis=0)))
+                weight = score_params.get("sample_weight")
+                weight = None if weight is None else np.asarray(weight)[test]
+                scores[i] = [accuracy_score(y[test], p, sample_weight=weight) for p in predicted]
+            else:
+                scorer = _with_labels(self._get_scorer(), classes)
+                fold_params = _check_method_params(X, params=score_params, indices=test)
+                X_test, y_test = X[test], y[test]
+                scores[i] = [scorer(model, X_test, y_test, **fold_params) for model in models]
         self.Cs_, self.classes_ = grid, classes
-        self.C_ = np.full(1 if k == 2 else k, grid[best])  # scikit-learn: one per class, one if binary
+        if self.refit:
+            best = int(np.argmax(scores.sum(axis=0)))
+            C_best = grid[best]
+            mean_W, mean_b = paths[:, best].mean(axis=0), biases[:, best].mean(axis=0)
+        else:  # scikit-learn's: each fold's own best C; their coefficients and Cs averaged
+            best_per_fold = np.argmax(scores, axis=1)
+            C_best = float(np.mean(grid[best_per_fold]))
+            mean_W = np.mean([paths[i, j] for i, j in enumerate(best_per_fold)], axis=0)
+            mean_b = np.mean([biases[i, j] for i, j in enumerate(best_per_fold)], axis=0)
+        self.C_ = np.full(1 if k == 2 else k, C_best)  # scikit-learn: one per class, one if binary
         intercept_column = biases[..., None, :] if self.fit_intercept else np.zeros((n_folds, n_cs, 0, k))
         full = np.concatenate([paths, intercept_column], axis=2).transpose(0, 1, 3, 2)  # (F, C, K, D+1)
         if k == 2:  # scikit-learn's binomial layout: one key, the positive class, w₁ − w₀
@@ -200,17 +264,18 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
             self.scores_ = {c: scores for c in classes}
             self.coefs_paths_ = {c: full[:, :, i] for i, c in enumerate(classes)}
         self.n_iter_ = iterations[None]
-        mean_W, mean_b = paths[:, best].mean(axis=0), biases[:, best].mean(axis=0)
         if self.refit:
-            final = self._template(grid[best]).set_params(warm_start=True)
-            final._W, final._b, final.classes_ = mean_W, mean_b if self.fit_intercept else None, classes
+            final = self._template(C_best).set_params(warm_start=True)
+            final.classes_ = classes
+            final._set_coefficients(mean_W, mean_b if self.fit_intercept else None)
             final.fit(X, y, sample_weight=sample_weight)
             final.warm_start = False
         else:
             m_mean = None if means is None else means.mean(axis=0)
             m_scale = None if scales is None else scales.mean(axis=0)
-            final = self._fitted(grid[best], mean_W, mean_b if self.fit_intercept else None, classes, d,
+            final = self._fitted(C_best, mean_W, mean_b if self.fit_intercept else None, classes, d,
                                  m_mean, m_scale)
+        final.coef_, final.intercept_ = final.coef_.astype(out_dtype), final.intercept_.astype(out_dtype)
         self.best_estimator_ = final
         self.coef_, self.intercept_ = final.coef_, final.intercept_
         return self
@@ -228,10 +293,10 @@ class SoftmaxRegressionCV(ClassifierMixin, BaseEstimator):
     def _fitted(self, C, W, b, classes, d, mean, scale) -> SoftmaxRegression:
         """A :class:`SoftmaxRegression` holding given coefficients (for scoring a fold)."""
         model = self._template(C)
-        model.classes_, model._W, model._b, model.n_features_in_ = classes, W, b, d
+        model.classes_, model.n_features_in_ = classes, d
+        model._set_coefficients(W, b)
         if self.standardize:
             model.mean_, model.scale_ = mean, scale
-        model._set_public_coefficients()
         return model
 
     def _final(self) -> SoftmaxRegression:

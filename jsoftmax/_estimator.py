@@ -18,12 +18,14 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
@@ -133,6 +135,57 @@ def column_moments(X: np.ndarray, block_rows: int | None = None,
     return mean, np.sqrt(squares / count)
 
 
+def coefficient_dtype(X: Any) -> type:
+    """The dtype of ``coef_``: float32 for float32 data, as scikit-learn keeps it; else float64."""
+    return np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
+
+
+def training_weights(class_weight, sample_weight, X, y, classes, y_ids) -> tuple[np.ndarray, float]:
+    """(weights, total): each row's sample weight times its class weight, divided by the
+    largest (the fit's mean-form objective does not change with their scale, and float32 or
+    tiny weights keep their ratios), and the sum of the undivided weights (float64), which
+    sets the penalty's scale. Weights are checked and never modified in place."""
+    weights = _check_sample_weight(sample_weight, X, dtype=np.float64, copy=True)
+    if np.any(weights < 0):
+        raise ValueError("`sample_weight` must be non-negative.")
+    if class_weight is not None:
+        weights = weights * compute_class_weight(class_weight, classes=classes, y=y)[y_ids]
+    peak = float(np.max(weights, initial=0.0))
+    if not peak > 0:
+        raise ValueError("`sample_weight` sums to 0: no sample counts.")
+    scaled = weights / peak
+    return scaled, float(np.sum(scaled)) * peak
+
+
+def penalty_strength(C: float, total: float, n_classes: int, dtype: str) -> float:
+    """The scaled form's L2 strength λ = 1/(C·Σs) (doubled for the binomial model, fitted as
+    the symmetric softmax) of scikit-learn's objective C·Σ sₙℓₙ + ½‖W‖²; 0 for C = inf.
+    Beyond what ``dtype`` holds (weights summing to ~1e-40 in float32) it is that dtype's
+    largest number: the penalty then outweighs the data either way and W is 0."""
+    if not np.isfinite(C):
+        return 0.0
+    return min((2.0 if n_classes == 2 else 1.0) / (C * total), float(np.finfo(dtype).max))
+
+
+def public_coefficients(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``coef_`` (K, D) and ``intercept_`` (K,) of (D, K) weights and a bias;
+    for two classes the binomial layout: (1, D) and (1,), w₁ − w₀."""
+    if W.shape[1] == 2:
+        return (W[:, 1] - W[:, 0])[None, :], np.array([0.0 if b is None else b[1] - b[0]])
+    return W.T.copy(), np.zeros(W.shape[1]) if b is None else np.asarray(b, np.float64).copy()
+
+
+def warn_not_converged(solver: str, result) -> None:
+    """scikit-learn's ``ConvergenceWarning`` for a fit that stopped before ``tol``."""
+    reason = {"max_iter": "the iteration limit was reached", "max_epochs": "the epoch limit was reached",
+              "stalled": "no step decreased the objective further (rounding level)",
+              "diverged": "the objective became NaN or infinite"}.get(result.stop_reason, result.stop_reason)
+    warnings.warn(f"{solver} failed to converge after {result.n_iter} iteration(s): {reason} "
+                  f"(largest gradient entry {result.grad_norm:.3g}). Increase the number of "
+                  "iterations (max_iter), or scale the data (standardize=True).",
+                  ConvergenceWarning, stacklevel=3)
+
+
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression fitted with Optax and jsoftmax's analytic gradient.
 
@@ -223,8 +276,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                          "or pass an optax.GradientTransformation.")
 
     def _check_params(self) -> None:
-        if not (isinstance(self.C, numbers.Real) and self.C > 0 and np.isfinite(self.C)):
-            raise ValueError(f"`C` must be a positive finite number; got {self.C!r}.")
+        if not (isinstance(self.C, numbers.Real) and not isinstance(self.C, bool) and self.C > 0):
+            raise ValueError(f"`C` must be a positive number (np.inf: no penalty); got {self.C!r}.")
         for name in ("fit_intercept", "warm_start", "standardize"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
@@ -244,8 +297,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                              "or pass an optax.GradientTransformation.")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"`dtype` must be 'float64' or 'float32'; got {self.dtype!r}.")
-        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter > 0):
-            raise ValueError(f"`max_iter` must be a positive int; got {self.max_iter!r}.")
+        if not (isinstance(self.max_iter, numbers.Integral) and not isinstance(self.max_iter, bool)
+                and self.max_iter >= 0):
+            raise ValueError(f"`max_iter` must be an int >= 0 (0: return the start); got {self.max_iter!r}.")
         if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
             raise ValueError(f"`tol` must be a non-negative number; got {self.tol!r}.")
 
@@ -264,8 +318,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
         ``callback``, ``checkpoint_dir``, ``checkpoint_every`` and ``resume`` are passed to
         :func:`jsoftmax.fit` (progress reports; atomic checkpoints of the training state).
+        A fit that ends before it converges (``max_iter`` reached, stalled or diverged) warns
+        with scikit-learn's ``ConvergenceWarning``, as ``LogisticRegression`` does.
         """
         self._check_params()
+        out_dtype = coefficient_dtype(X)
         X, y = validate_data(self, X, y, dtype=self._input_dtypes(), ensure_min_samples=1,
                              accept_sparse="csr")
         check_classification_targets(y)
@@ -274,37 +331,28 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"`y` needs samples of at least 2 classes; got 1 class: {classes[0]!r}."
             )
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        if np.any(sample_weight < 0):
-            raise ValueError("`sample_weight` must be non-negative.")
-        if self.class_weight is not None:
-            weights = compute_class_weight(self.class_weight, classes=classes, y=y)
-            sample_weight = sample_weight * weights[y_ids]
-        total = float(np.sum(sample_weight))
-        if total <= 0:
-            raise ValueError("`sample_weight` sums to 0: no sample counts.")
-
+        sample_weight, total = training_weights(self.class_weight, sample_weight, X, y, classes, y_ids)
         if self.standardize:
             self.mean_, scale = column_moments(X)
             self.scale_ = np.where(scale > 0, scale, 1.0)
         n_classes, n_features = len(classes), X.shape[1]
         solver = self._optimizer(X.shape[0], n_features, n_classes, _sparse.is_sparse(X))
-        binary = n_classes == 2
-        l2 = (2.0 if binary else 1.0) / (self.C * total)
+        l2 = penalty_strength(self.C, total, n_classes, self.dtype)
 
         warm = (
             self.warm_start
-            and getattr(self, "_W", None) is not None
-            and self._W.shape == (n_features, n_classes)
+            and getattr(self, "coef_", None) is not None
+            and np.shape(self.coef_)[1:] == (n_features,)
             and np.array_equal(getattr(self, "classes_", None), classes)
         )
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
             # NumPy arrays in the fit's dtype: no eager JAX conversion (a program to compile) here.
-            W0 = np.asarray(self._W if warm else np.zeros((n_features, n_classes)), dtype)
-            b0 = None
-            if self.fit_intercept:
-                b0 = np.asarray(self._b if warm and self._b is not None else np.zeros(n_classes), dtype)
+            W0, b0 = self._coefficients() if warm else (np.zeros((n_features, n_classes)), np.zeros(n_classes))
+            if n_classes == 2:  # the symmetric two-column form of the binomial model (w₀ = −w₁)
+                W0, b0 = W0 - W0.mean(axis=1, keepdims=True), b0 - b0.mean()
+            W0 = np.asarray(W0, dtype)
+            b0 = np.asarray(b0, dtype) if self.fit_intercept else None
             minibatch = self.batch_size is not None
             if minibatch and _sparse.is_sparse(X):
                 raise ValueError("`batch_size` (minibatches) is not supported for sparse X; use the "
@@ -335,10 +383,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 feature_scale=self.scale_ if self.standardize else None,
             )
         self.classes_ = classes
-        self._W = np.asarray(result.params.W, np.float64)
-        self._b = None if result.params.b is None else np.asarray(result.params.b, np.float64)
-        self._set_public_coefficients()
-        self.n_iter_ = np.array([result.n_epochs if minibatch else result.n_iter])
+        self._set_coefficients(np.asarray(result.params.W, np.float64),
+                               None if result.params.b is None else np.asarray(result.params.b, np.float64),
+                               out_dtype)
+        self.n_iter_ = np.array([result.n_epochs if minibatch else result.n_iter], dtype=np.int32)
         self.optimality_ = {
             "grad_norm": result.grad_norm,
             "n_iter": result.n_iter,
@@ -347,25 +395,58 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             "tol": float(self.tol),
         }
         self.loss_curve_ = result.history["loss"]
+        if not result.converged:
+            warn_not_converged(solver.get("solver", self.solver if isinstance(self.solver, str) else "optax"),
+                               result)
         return self
 
-    def _set_public_coefficients(self) -> None:
-        W, b = self._W, self._b
-        if W.shape[1] == 2:  # binomial layout, as scikit-learn
-            self.coef_ = (W[:, 1] - W[:, 0])[None, :]
-            self.intercept_ = np.array([0.0 if b is None else b[1] - b[0]])
-        else:
-            self.coef_ = W.T.copy()
-            self.intercept_ = np.zeros(W.shape[1]) if b is None else b.copy()
+    def _set_coefficients(self, W: np.ndarray, b: np.ndarray | None, dtype=np.float64) -> None:
+        """``coef_`` and ``intercept_`` (scikit-learn's layout, in ``dtype``) from (D, K) weights
+        and a bias; they are the model from then on (predictions read them)."""
+        coef, intercept = public_coefficients(W, b)
+        self.coef_, self.intercept_ = coef.astype(dtype), intercept.astype(dtype)
+
+    def _coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W (D, K), b (K,)) in float64 from ``coef_`` and ``intercept_`` — whatever was
+        written to them since the fit. A binary model's scores are (0, w·x + b), whose softmax
+        is the logistic model's."""
+        coef = self.coef_.toarray() if _sparse.is_sparse(self.coef_) else self.coef_  # (after sparsify())
+        coef = np.asarray(coef, np.float64)
+        intercept = np.broadcast_to(np.asarray(self.intercept_, np.float64), (coef.shape[0],))
+        if len(self.classes_) == 2:
+            return (np.stack([np.zeros(coef.shape[1]), coef[0]], axis=1),
+                    np.array([0.0, intercept[0]]))
+        return coef.T, intercept
+
+    def sparsify(self) -> SoftmaxRegression:
+        """``coef_`` as a scipy.sparse CSR matrix, as scikit-learn's ``sparsify`` (predictions
+        are unchanged); :meth:`densify` turns it back."""
+        import scipy.sparse as sp
+
+        check_is_fitted(self)
+        self.coef_ = sp.csr_matrix(self.coef_)
+        return self
+
+    def densify(self) -> SoftmaxRegression:
+        """``coef_`` as a dense array again (after :meth:`sparsify`)."""
+        check_is_fitted(self)
+        if _sparse.is_sparse(self.coef_):
+            self.coef_ = self.coef_.toarray()
+        return self
 
     def objective(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """scikit-learn's objective C Σ sₙℓₙ + ½‖coef_‖² at the fitted coefficients."""
+        """scikit-learn's objective C Σ sₙℓₙ + ½‖coef_‖² at the fitted coefficients (Σ sₙℓₙ for
+        C = inf)."""
         check_is_fitted(self)
         y = np.asarray(y)
         ids = np.searchsorted(self.classes_, y)
         log_p = self.predict_log_proba(X)
         s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
-        return float(self.C * np.sum(s * -log_p[np.arange(len(y)), ids]) + 0.5 * np.sum(self.coef_**2))
+        data = -np.sum(s * log_p[np.arange(len(y)), ids])
+        if not np.isfinite(self.C):
+            return float(data)
+        coef = self.coef_.toarray() if _sparse.is_sparse(self.coef_) else np.asarray(self.coef_, np.float64)
+        return float(self.C * data + 0.5 * np.sum(coef**2))
 
     # --- prediction ---------------------------------------------------------------------
 
@@ -373,13 +454,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         """float32 data stays float32 for a float32 model (no float64 copy); else float64."""
         return [np.float32, np.float64] if self.dtype == "float32" else np.float64
 
-    def _raw_coefficients(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def _raw_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
         """(W, b) acting on raw features: standardisation folded in, as in the fit."""
+        W, b = self._coefficients()
         if not (self.standardize and getattr(self, "mean_", None) is not None):
-            return self._W, self._b
-        W = self._W / self.scale_[:, None]
-        shift = self.mean_ @ W
-        return W, -shift if self._b is None else self._b - shift
+            return W, b
+        W = W / self.scale_[:, None]
+        return W, b - self.mean_ @ W
 
     def _features(self, X: Any):
         check_is_fitted(self)
@@ -392,15 +473,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         W, b = self._raw_coefficients()
         with enable_x64(self.dtype == "float64"):
             dtype = jnp.dtype(self.dtype)
-            b = None if b is None else jnp.asarray(b, dtype)
             X = X.astype(dtype) if _sparse.is_sparse(X) else np.asarray(X, dtype)
-            return host_predictions(Params(jnp.asarray(W, dtype), b), X, probabilities=probabilities)
+            return host_predictions(Params(np.asarray(W, dtype), np.asarray(b, dtype)), X,
+                                    probabilities=probabilities)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
         X = self._features(X)  # checks fitted-ness first
         W, b = self._raw_coefficients()
-        scores = np.asarray(X @ W) + (0 if b is None else b)
+        scores = np.asarray(X @ W) + b
         if len(self.classes_) == 2:
             return scores[:, 1] - scores[:, 0]
         return scores
@@ -414,7 +495,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         X = self._features(X)  # checks fitted-ness first
         X = X.astype(np.float64) if _sparse.is_sparse(X) else np.asarray(X, np.float64)
         W, b = self._raw_coefficients()
-        z = np.asarray(X @ W) + (0 if b is None else b)
+        z = np.asarray(X @ W) + b
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
@@ -425,20 +506,24 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     # --- persistence --------------------------------------------------------------------
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, *, metadata: dict | None = None) -> None:
         """Write the fitted model to ``path`` atomically: an ``.npz`` of plain arrays (no pickle)
         with JSON metadata, an array manifest and a SHA-256 checksum; an existing file keeps its
-        permissions. A custom optax solver is stored as ``"lbfgs"`` (code is never stored)."""
+        permissions. A custom optax solver is stored as ``"lbfgs"`` (code is never stored).
+        ``metadata``: a JSON object kept with the model (the CLI records how the training
+        file's columns were read), given back by :meth:`load` as ``file_metadata_``."""
         check_is_fitted(self)
         classes = np.asarray(self.classes_)
+        classes_kind = "object" if classes.dtype == object else "array"
         if classes.dtype == object:
             if not all(isinstance(c, str) for c in classes):
-                raise TypeError("only numeric or string class labels can be saved; got "
+                raise TypeError("only numeric, boolean or string class labels can be saved; got "
                                 f"{sorted({type(c).__name__ for c in classes})}.")
             classes = classes.astype(str)
-        arrays = {"W": self._W, "classes": classes}
-        if self._b is not None:
-            arrays["b"] = self._b
+        W, b = self._coefficients()
+        arrays = {"W": W, "classes": classes}
+        if self.fit_intercept:
+            arrays["b"] = b
         if self.standardize:
             arrays["mean"], arrays["scale"] = self.mean_, self.scale_
         if getattr(self, "feature_names_in_", None) is not None:
@@ -457,6 +542,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             "params": params,
             "n_features_in": int(self.n_features_in_),
             "n_iter": int(self.n_iter_[0]),
+            # How predictions give the labels back (Python strings from an object array) and
+            # the dtype of coef_ (float32 for float32 data).
+            "classes_kind": classes_kind,
+            "coef_dtype": np.dtype(self.coef_.dtype).name,
+            "metadata": {} if metadata is None else metadata,
             "optimality": {k: _json_value(f"optimality_[{k!r}]", v) for k, v in self.optimality_.items()},
         }
         _checkpoint.atomic_save_npz(path, arrays, dict(meta, kind="model"))
@@ -498,9 +588,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if not (isinstance(d, int) and not isinstance(d, bool) and d >= 1):
             raise ValueError(f"n_features_in must be a positive int; found {d!r}.")
         W, classes = arrays["W"], arrays["classes"]
-        if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "iuU" and not (
+        if classes.ndim != 1 or len(classes) < 2 or classes.dtype.kind not in "biuU" and not (
                 classes.dtype.kind == "f" and np.all(np.isfinite(classes))):
-            raise ValueError(f"classes must be a 1-D array of at least 2 numbers or strings; "
+            raise ValueError(f"classes must be a 1-D array of at least 2 numbers, booleans or strings; "
                              f"found {classes.dtype} of shape {classes.shape}.")
         if not np.array_equal(np.unique(classes), classes):
             raise ValueError("classes must be sorted and distinct (as np.unique gives them); "
@@ -529,14 +619,23 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         n_iter, optimality = meta.get("n_iter", 0), meta.get("optimality", {})
         if not (isinstance(n_iter, int) and n_iter >= 0) or not isinstance(optimality, dict):
             raise ValueError(f"n_iter must be an int ≥ 0 and optimality an object; found {n_iter!r}, {optimality!r}.")
-        model.classes_, model._W, model._b = classes, W.astype(np.float64), None if b is None else b.astype(np.float64)
+        classes_kind, coef_dtype = meta.get("classes_kind", "array"), meta.get("coef_dtype", "float64")
+        file_metadata = meta.get("metadata", {})
+        if not isinstance(file_metadata, dict):
+            raise ValueError(f"metadata must be a JSON object; found {type(file_metadata).__name__}.")
+        if classes_kind not in ("array", "object") or (classes_kind == "object" and classes.dtype.kind != "U"):
+            raise ValueError(f"classes_kind must be 'array', or 'object' for string classes; found {classes_kind!r}.")
+        if coef_dtype not in ("float32", "float64"):
+            raise ValueError(f"coef_dtype must be 'float32' or 'float64'; found {coef_dtype!r}.")
+        model.classes_ = classes.astype(object) if classes_kind == "object" else classes
+        model._set_coefficients(W.astype(np.float64), None if b is None else b.astype(np.float64), coef_dtype)
         model.n_features_in_ = d
         if names is not None:
             model.feature_names_in_ = names.astype(object)
         if model.standardize:
             model.mean_, model.scale_ = arrays["mean"].astype(np.float64), arrays["scale"].astype(np.float64)
-        model._set_public_coefficients()
-        model.n_iter_ = np.array([n_iter])
+        model.n_iter_ = np.array([n_iter], dtype=np.int32)
+        model.file_metadata_ = file_metadata
         model.optimality_ = optimality
         model.loss_curve_ = []
         return model

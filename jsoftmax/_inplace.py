@@ -46,6 +46,25 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
+def private_copy(a: np.ndarray, sharding=None) -> jax.Array:
+    """``a`` on the device (or ``sharding``) as a copy that is complete when this returns.
+
+    ``jax.device_put`` may read a NumPy buffer after it has returned (the transfer is
+    asynchronous) or adopt it without a copy on a CPU (an aligned buffer, whatever
+    ``may_alias`` says), so a caller who changes the array after a call would change what the
+    call computes. On a CPU the copy is made here, into an aligned buffer of the dtype JAX
+    keeps, which the device then adopts (one copy, as before); elsewhere the transfer is
+    waited for."""
+    dtype = jax.dtypes.canonicalize_dtype(a.dtype)
+    platform = (next(iter(sharding.device_set)).platform if sharding is not None
+                else jax.devices()[0].platform)
+    if platform == "cpu":
+        own = aligned_empty(a.shape, dtype)
+        own[...] = a
+        a = own
+    return jax.device_put(a, sharding).block_until_ready()
+
+
 def alignment_shift(a: np.ndarray) -> int | None:
     """Values before ``a``'s first 64-byte boundary, or None when ``a`` cannot be read in place
     there (its address is not a multiple of its item size)."""

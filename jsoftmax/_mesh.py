@@ -15,12 +15,15 @@ never depends on how the caller placed them.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import _inplace
 from ._compat import is_tracer
 
 
@@ -116,3 +119,60 @@ def shard_arrays(mesh: Mesh, *, data_axis: str | None = None, class_axis: str | 
         b = None if b is None else jax.device_put(b, NamedSharding(mesh, P(class_axis)))
         out["params"] = type(params)(W, b) if hasattr(params, "W") else W
     return out
+
+
+# --- Explicit axes (sharding in types) -------------------------------------------------------
+
+
+def _explicit_names(mesh) -> tuple[str, ...]:
+    types = getattr(mesh, "axis_types", None)
+    if types is None or not hasattr(jax.sharding, "AxisType"):
+        return ()
+    return tuple(name for name, kind in zip(mesh.axis_names, types) if kind == jax.sharding.AxisType.Explicit)
+
+
+def explicit_mesh(*trees):
+    """The (abstract) mesh with Explicit axes that shards any array of ``trees`` (read from
+    their types), or the context mesh (``jax.set_mesh``) when its axes are Explicit; None
+    when neither is."""
+    if not hasattr(jax.sharding, "auto_axes"):  # a jax without sharding in types
+        return None
+    for leaf in jax.tree_util.tree_leaves(trees):
+        if isinstance(leaf, jax.Array) or is_tracer(leaf):
+            mesh = getattr(getattr(jax.typeof(leaf), "sharding", None), "mesh", None)
+            if mesh is not None and _explicit_names(mesh):
+                return mesh
+    context = jax.sharding.get_abstract_mesh()
+    return context if not getattr(context, "empty", True) and _explicit_names(context) else None
+
+
+def row_spec(x) -> P:
+    """The PartitionSpec of ``x``'s leading (row) dimensions, from its type (Explicit axes)."""
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    ndim = len(jax.typeof(x).shape)
+    spec = tuple(spec) + (None,) * (ndim - len(spec)) if spec is not None else (None,) * ndim
+    return P(*spec[: ndim - 1])
+
+
+def spec_of(x) -> P:
+    """The PartitionSpec of ``x`` from its type (replicated when its type carries none)."""
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    return P() if spec is None else spec
+
+
+def on_auto_axes(fn, args: tuple, out_sharding):
+    """``fn(*args)``, run on the Auto view of Explicit mesh axes when any input (or the context
+    mesh) has them: JAX's ``auto_axes`` converts the inputs' types, and the outputs (and the
+    gradients flowing back to the inputs) to their Explicit types. jsoftmax lays its
+    computation out itself (``shard_map`` over the Auto twin of a mesh), which sharding in
+    types would otherwise refuse (a custom VJP's cotangent types, contractions over a sharded
+    dimension). ``out_sharding``: a function of the mesh giving the outputs' PartitionSpecs."""
+    mesh = explicit_mesh(args)
+    if mesh is None:
+        return fn(*args)
+    args = jax.tree_util.tree_map(  # host arrays copied now (what a call reads is its own)
+        lambda a: _inplace.private_copy(np.asarray(a)) if isinstance(a, np.ndarray) else a, args)
+    current = jax.sharding.get_abstract_mesh()
+    scope = contextlib.nullcontext() if current == mesh else jax.sharding.use_abstract_mesh(mesh)
+    with scope:
+        return jax.sharding.auto_axes(fn, axes=_explicit_names(mesh), out_sharding=out_sharding(mesh))(*args)

@@ -63,6 +63,13 @@ class CSR(NamedTuple):
     def nbytes(self) -> int:
         return int(self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
 
+    def to_dense(self) -> np.ndarray:
+        """The (N, D) dense array (for small problems: checks and references)."""
+        dense = np.zeros(self.shape, self.data.dtype)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        np.add.at(dense, (rows, self.indices), self.data)
+        return dense
+
 
 def _jsparse():
     """``jax.experimental.sparse``, imported when sparse data first arrives (it adds ~0.15 s to
@@ -323,7 +330,8 @@ def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: 
                   for j in range(len(padded[0]))]
         in_place = False
     data, indices, indptr, t_order, t_indptr = leaves
-    put = lambda a: None if a is None else jax.device_put(a, sharding)  # noqa: E731
+    # Copies complete before returning: X's arrays may be the caller's (see _inplace.private_copy).
+    put = lambda a: None if a is None else _inplace.private_copy(a, sharding)  # noqa: E731
     (data, data_head, data_shift), (indices, indices_head, indices_shift) = (
         _adopted(a) if in_place else (put(a), None, 0) for a in (data, indices))
     return SparseRows(data, indices, put(indptr), data_head, indices_head, put(t_order), put(t_indptr),

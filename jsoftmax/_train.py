@@ -68,11 +68,12 @@ class FitResult:
     stop_reason: str
 
 
-def _positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:
+def _positive_int(value: Any, name: str, allow_none: bool = False, low: int = 1) -> int | None:
     if value is None and allow_none:
         return None
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int{' or None' if allow_none else ''}; got {value!r}.")
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        kind = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"`{name}` must be {kind}{' or None' if allow_none else ''}; got {value!r}.")
     return int(value)
 
 
@@ -367,7 +368,8 @@ def fit(
         ``jsoftmax._solvers``) or ``"newton-cg"`` (trust-region Newton-CG on the analytic
         Hessian-vector product, liblinear's TRON). Give one of the two; neither means "lbfgs".
       batch_size: ``None`` for full-batch mode; otherwise rows per minibatch.
-      max_iter: full-batch iteration limit. max_epochs: minibatch epoch limit.
+      max_iter: full-batch iteration limit. max_epochs: minibatch epoch limit. 0 returns the
+        start, with its gradient norm.
       tol: stop when max |dR/dθ| <= tol (full batch; checked at the end of minibatch runs).
       validation_data: ``(X_val, labels_val)`` evaluated after every epoch (minibatch).
       patience: stop after this many epochs without improvement of the validation loss (or
@@ -418,8 +420,8 @@ def fit(
         raise TypeError(
             f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}."
         )
-    max_iter = _positive_int(max_iter, "max_iter")
-    max_epochs = _positive_int(max_epochs, "max_epochs")
+    max_iter = _positive_int(max_iter, "max_iter", low=0)  # 0: the start, evaluated
+    max_epochs = _positive_int(max_epochs, "max_epochs", low=0)
     patience = _positive_int(patience, "patience", allow_none=True)
     callback_every = _positive_int(callback_every, "callback_every")
     checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
@@ -462,12 +464,17 @@ def fit(
     checkpoints = None
     if checkpoint_dir is not None:
         # What the state was trained on: resuming on other data or options is refused.
+        # Every option that changes the objective or the run's path, each by value (an optax
+        # transformation by what its functions close over: its hyperparameters and schedules).
         fingerprint = _checkpoint.fingerprint(
-            (X, labels, sample_weight) + (() if affine is None else tuple(affine)),
-            {"l2": l2, "label_smoothing": label_smoothing, "ignore_index": ignore_index,
-             "batch_size": batch_size, "seed": seed if batch_size is not None else None,
-             "dtype": jnp.dtype(W.dtype).name,
-             "optimizer": solver or type(optimizer).__name__})
+            (X, labels, sample_weight) + (() if affine is None else tuple(affine))
+            + (() if validation is None else validation[:2]),
+            {"l2": _checkpoint.describe(l2), "label_smoothing": _checkpoint.describe(label_smoothing),
+             "ignore_index": ignore_index, "batch_size": batch_size,
+             "seed": seed if batch_size is not None else None, "patience": patience,
+             "params": [list(W.shape), None if b is None else list(b.shape), jnp.dtype(W.dtype).name],
+             "solver": solver, "optimizer": None if optimizer is None else _checkpoint.describe(optimizer),
+             "standardized": affine is not None, "validation": validation is not None})
         checkpoints = _Checkpoints(checkpoint_dir, checkpoint_every, fingerprint)
     if solver is not None or batch_size is None:  # full batch: a compiled start, then segments
         # (start, its static arguments), (segment, its static arguments): run through _aot.
@@ -522,20 +529,20 @@ class _Checkpoints(NamedTuple):
     fingerprint: str
 
     def save(self, step: int, state, meta: dict) -> None:
-        _checkpoint.save_checkpoint(self.folder, step, state, dict(meta, fingerprint=self.fingerprint))
+        _checkpoint.save_checkpoint(self.folder, step, state, dict(meta, fingerprint=self.fingerprint),
+                                    run=_checkpoint.run_id(self.fingerprint))
 
     def resume(self, like):
-        """The newest checkpoint's state (in the structure of ``like``) and its metadata."""
-        loaded = _checkpoint.load_latest_checkpoint(self.folder, like)
+        """This run's newest checkpoint: its state (in the structure of ``like``) and metadata."""
+        loaded = _checkpoint.load_latest_checkpoint(self.folder, like, run=_checkpoint.run_id(self.fingerprint),
+                                                    fingerprint=self.fingerprint)
         if loaded is None:
             raise FileNotFoundError(f"`resume=True`: no checkpoint found in {self.folder}")
         tree, meta = loaded
-        if meta.get("fingerprint") != self.fingerprint:
+        if meta.get("fingerprint") != self.fingerprint:  # (a 64-bit prefix shared by chance)
             raise _checkpoint.CheckpointMismatchError(
-                f"the checkpoint in {self.folder} was written for other data or options (data, "
-                "weights, l2/C, label smoothing, ignore_index, batch size, seed, dtype or "
-                "optimizer differ): resuming would continue a different problem. Use another "
-                "folder, or resume=False to start afresh.")
+                f"the checkpoint in {self.folder} was written for other data or options: resuming "
+                "would continue a different problem. Use another folder, or resume=False.")
         return jax.tree_util.tree_map(jnp.asarray, tree), meta
 
 
@@ -705,7 +712,8 @@ def fit_many(
       params: starting points with a leading model axis: ``Params`` with W (M, D, K) and b
         (M, K) or None, or a bare W (M, D, K) (warm starts along a path of C values).
       X, labels, label_smoothing, ignore_index: shared by all models, as in :func:`risk`.
-      sample_weights: (M, N) non-negative row weights per model (0 leaves a row out).
+      sample_weights: (M, N) non-negative row weights per model (0 leaves a row out; a model
+        whose rows all weigh 0 has the penalty alone for objective).
       l2: (M,) L2 strength per model.
       solver: "lbfgs" or "newton-cg"; tol, max_iter: per model, as in :func:`fit`.
       feature_means, feature_scales: (M, D) each, optional: per-model standardisation folded
@@ -716,12 +724,12 @@ def fit_many(
     """
     W = params.W if isinstance(params, Params) else params
     b = params.b if isinstance(params, Params) else None
-    W = _validate._as_array(W, "params.W")
+    W = _validate.as_array(W, "params.W")
     if W.ndim != 3:
         raise ValueError(f"`params.W` must be (M, D, K), one (D, K) per model; got shape {W.shape}.")
     m = W.shape[0]
-    sample_weights = _validate._as_array(sample_weights, "sample_weights")
-    l2 = _validate._as_array(l2, "l2")
+    sample_weights = _validate.as_array(sample_weights, "sample_weights")
+    l2 = _validate.as_array(l2, "l2")
     if sample_weights.ndim != 2 or sample_weights.shape[0] != m:
         raise ValueError(f"`sample_weights` must be (M, N) with M = {m} models; got shape {sample_weights.shape}.")
     if l2.shape != (m,):
@@ -741,13 +749,9 @@ def fit_many(
                    None if b is None else np.asarray(b)[0])
     problem, spec, plan = _api.prepare(first, X, labels, sample_weight=np.asarray(sample_weights)[0], l2=0.0,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
-                                       in_place=True)
+                                       in_place=True, require_counted=False)
     if b is not None and b.shape != (m, W.shape[2]):
         raise ValueError(f"`params.b` must be (M, K) = ({m}, {W.shape[2]}); got {b.shape}.")
-    counted = np.ones(problem.X.shape[0], bool) if problem.soft else np.asarray(problem.labels) != ignore_index
-    empty = [j for j in range(m) if not np.any(weights_np[j][counted] > 0)]
-    if empty:
-        raise ValueError(f"`sample_weights` of model(s) {empty[:10]} leave no counted row with weight > 0.")
     means = scales = None
     if feature_means is not None or feature_scales is not None:
         d = problem.X.shape[1]

@@ -34,3 +34,22 @@ def x32():
     """Explicitly float32 defaults (guards against a leaked global x64 switch)."""
     with enable_x64(False):
         yield
+
+
+@pytest.fixture
+def traced_checks(monkeypatch):
+    """Value checks inside the caller's jit, switched on for one test (off by default)."""
+    monkeypatch.setenv("JSOFTMAX_CHECK_TRACED", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_precision_warning_per_test(monkeypatch):
+    """The float64-in-float32 warning is shown once per process; each test starts afresh, so
+    that a test passing float64 data without x64 fails wherever it runs in the order."""
+    from jsoftmax import _validate
+
+    monkeypatch.setattr(_validate, "_narrowing_warned", False)
+
+
+# scikit-learn's own tests against our estimators run through their own config (make test).
+collect_ignore = ["conformance"]

@@ -40,7 +40,9 @@ def test_train_predict_evaluate(tmp_path, capsys):
     assert code == 0 and len(predictions) == 150
     np.testing.assert_array_equal(predictions, SoftmaxRegression.load(model).predict(X))
     code, out, _ = run_cli(capsys, "predict", str(model), str(data), "--proba")
-    assert code == 0 and len(out.splitlines()) == 150 and len(out.splitlines()[0].split()) == 3
+    header, *rows = out.splitlines()  # a CSV: the class names, then one row per input row
+    assert code == 0 and header == "0,1,2" and len(rows) == 150
+    np.testing.assert_allclose([sum(map(float, row.split(","))) for row in rows], 1.0, atol=1e-5)
     code, out, _ = run_cli(capsys, "evaluate", str(model), str(data), "--json")
     metrics = json.loads(out)
     assert code == 0 and metrics["n_samples"] == 150 and metrics["accuracy"] > 0.9
@@ -74,7 +76,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("1,2,0\n")
     code, _, err = run_cli(capsys, "predict", str(model), str(wrong))
-    assert code == 2 and "the model expects 4 feature columns (or 5 with the label column last); the file has 3" in err
+    assert code == 2 and "the model expects 4 feature columns (or 5 with the label column); the file has 3" in err
 
 
 def test_demo_is_the_main_job(tmp_path, capsys):
@@ -89,7 +91,7 @@ def test_demo_is_the_main_job(tmp_path, capsys):
 
 def newest_step(folder):
     found = _checkpoint.list_checkpoints(folder)
-    return int(found[0].name[5:14]) if found else -1
+    return _checkpoint.checkpoint_step(found[0]) if found else -1
 
 
 def run_kill_worker(folder, mode, at=0):
@@ -148,7 +150,7 @@ def test_killed_training_never_leaves_an_unloadable_checkpoint(tmp_path):
                    check=True, timeout=300)
     subprocess.run(base + ["--out", str(straight)], env=env, check=True, timeout=300)
     a, b = SoftmaxRegression.load(resumed), SoftmaxRegression.load(straight)
-    np.testing.assert_array_equal(a._W, b._W)  # the interrupted run ends exactly where one run does
+    np.testing.assert_array_equal(a.coef_, b.coef_)  # the interrupted run ends exactly where one run does
     assert a.n_iter_[0] == b.n_iter_[0] == 150
 
 

@@ -66,8 +66,6 @@ def test_fit_many_equals_one_fit_per_model(x64, solver):
     (dict(sample_weights=np.ones((3, 19)), l2=np.ones(3)), "`sample_weight` must have shape"),
     (dict(sample_weights=np.ones((3, 20)), l2=-np.ones(3)), "`l2` must be finite and non-negative"),
     (dict(sample_weights=-np.ones((3, 20)), l2=np.ones(3)), "`sample_weights` must be finite and non-negative"),
-    (dict(sample_weights=np.vstack([np.ones(20), np.zeros(20), np.zeros(20)]), l2=np.ones(3)),
-     r"model\(s\) \[1, 2\] leave no counted row"),
     (dict(sample_weights=np.ones((3, 20)), l2=np.ones(3), solver="sag"), "unknown solver 'sag'"),
 ])
 def test_fit_many_bad_input(x32, kwargs, message):
@@ -87,9 +85,9 @@ def test_fit_many_needs_a_model_axis(x32):
     (dict(Cs=[1.0, -1.0]), "`Cs` must be a non-empty list of positive finite numbers"),
     (dict(Cs=[1.0, float("nan")]), "`Cs` must be a non-empty list of positive finite numbers"),
     (dict(Cs=0), "`Cs` must be a positive int"),
-    (dict(cv=60), r"`cv`=60 folds need 2 ≤ cv ≤ the smallest class count \(50\)"),
+    (dict(cv=60), r"n_splits=60 cannot be greater than the number of members in each class"),
+    (dict(cv=1), r"`cv`=1 folds need 2 ≤ cv"),
     (dict(cv=[(np.arange(150), np.array([], int))]), "`cv` fold 0 has an empty test set"),
-    (dict(cv=[(np.arange(50), np.arange(50, 150))]), "`cv` fold 0 trains on a single class"),
     (dict(solver="adam"), "unknown solver 'adam'; choose one of lbfgs, newton-cg"),
 ])
 def test_cv_bad_input(kwargs, message):
@@ -102,9 +100,13 @@ def test_refit_false_standardize_and_newton():
     X, y = datasets.load_wine(return_X_y=True)
     model = SoftmaxRegressionCV(Cs=[0.01, 0.1, 1.0], cv=3, refit=False, standardize=True, solver="newton-cg",
                                 tol=1e-6).fit(X, y)
-    best = list(model.Cs_).index(model.C_[0])
-    fold_mean = np.stack([path[:, best, :-1].mean(axis=0) for path in model.coefs_paths_.values()])
-    np.testing.assert_allclose(model.coef_, fold_mean, atol=1e-12)  # refit=False: the folds' mean
+    # refit=False, as scikit-learn: each fold's best C; the mean of those Cs and coefficients
+    scores = model.scores_[model.classes_[0]]
+    best = np.argmax(scores, axis=1)
+    np.testing.assert_allclose(model.C_, np.mean(model.Cs_[best]))
+    fold_mean = np.stack([np.mean([path[i, j, :-1] for i, j in enumerate(best)], axis=0)
+                          for path in model.coefs_paths_.values()])
+    np.testing.assert_allclose(model.coef_, fold_mean, atol=1e-12)
     assert model.score(X, y) > 0.95 and model.scores_[model.classes_[0]].shape == (3, 3)
 
 
@@ -126,9 +128,9 @@ def test_fold_scores_are_each_model_s_accuracy_on_its_test_rows_whatever_the_blo
     X, y = datasets.load_iris(return_X_y=True)
     folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
     Cs = [0.05, 10.0]
-    whole = SoftmaxRegressionCV(Cs=Cs, cv=folds, tol=1e-8).fit(X, y)
+    whole = SoftmaxRegressionCV(Cs=Cs, cv=folds, tol=1e-8, max_iter=1000).fit(X, y)
     monkeypatch.setattr(_cv, "SCORE_BLOCK_BYTES", 64)  # two rows of four float64 per block
-    blocks = SoftmaxRegressionCV(Cs=Cs, cv=folds, tol=1e-8).fit(X, y)
+    blocks = SoftmaxRegressionCV(Cs=Cs, cv=folds, tol=1e-8, max_iter=1000).fit(X, y)
     np.testing.assert_array_equal(blocks.scores_[0], whole.scores_[0])
     paths = np.stack([whole.coefs_paths_[c] for c in whole.classes_], axis=-1)  # (F, C, D + 1, K)
     for i, (_, test) in enumerate(folds):

@@ -82,7 +82,7 @@ def test_an_edit_without_a_new_checksum_is_refused(model_file, tmp_path, iris_mo
 
 @pytest.mark.parametrize(("edit", "message"), [
     (dict(params={"dtype": "float16"}), "`dtype` must be 'float64' or 'float32'"),
-    (dict(params={"C": -1.0}), "`C` must be a positive finite number"),
+    (dict(params={"C": -1.0}), "`C` must be a positive number"),
     (dict(params={"fit_intercept": "yes"}), "`fit_intercept` must be True or False"),
     (dict(params={"solver": "newton"}), "unknown solver 'newton'"),
     (dict(arrays={"W": np.full((4, 3), np.nan)}), "W holds NaN or infinite values"),
@@ -213,6 +213,7 @@ def test_fuzzed_model_bytes_load_the_same_model_or_one_clear_error(iris_model, t
         _same_model(model, loaded, X)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # capped for speed
 def test_feature_names_survive_save_and_load(tmp_path):
     pd = pytest.importorskip("pandas")
     X, y = load_iris(return_X_y=True, as_frame=True)
@@ -227,6 +228,7 @@ def test_feature_names_survive_save_and_load(tmp_path):
     assert isinstance(reordered, pd.DataFrame)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # capped for speed
 def test_numpy_scalar_hyperparameters_and_class_weights_save(tmp_path):
     X, y = load_iris(return_X_y=True)
     model = SoftmaxRegression(C=np.float64(0.5), max_iter=np.int64(40), tol=np.float32(1e-3),
@@ -238,6 +240,7 @@ def test_numpy_scalar_hyperparameters_and_class_weights_save(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X), rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # capped for speed
 def test_unstorable_hyperparameter_is_a_type_error_naming_it(tmp_path):
     X, y = load_iris(return_X_y=True)
     model = SoftmaxRegression(max_iter=20).fit(X, y)
@@ -264,7 +267,8 @@ def test_format_1_files_still_load_and_are_still_validated(iris_model, tmp_path)
     params = model.get_params()
     meta = {"kind": "model", "format": 1, "estimator": "SoftmaxRegression", "params": params,
             "n_features_in": 4, "n_iter": 3, "optimality": {}}
-    arrays = {"W": model._W, "b": model._b, "classes": model.classes_, "mean": model.mean_,
+    W, b = model._coefficients()
+    arrays = {"W": W, "b": b, "classes": model.classes_, "mean": model.mean_,
               "scale": model.scale_}
     old = tmp_path / "old.npz"
     np.savez(old, **arrays, **{_checkpoint.META_KEY: np.array(json.dumps(meta))})
@@ -485,7 +489,7 @@ def test_predict_on_a_file_of_the_wrong_width_says_what_it_expected(saved_iris, 
     wrong.write_text("1,2,3\n4,5,6\n")
     code, _, err = run_cli(capsys, "predict", str(saved_iris), str(wrong))
     assert code == 2 and err.count("\n") == 1
-    assert "the model expects 4 feature columns (or 5 with the label column last); the file has 3" in err
+    assert "the model expects 4 feature columns (or 5 with the label column); the file has 3" in err
 
 
 def test_evaluate_on_a_damaged_model_is_one_line(saved_iris, capsys, tmp_path):

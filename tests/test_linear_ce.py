@@ -168,7 +168,7 @@ def test_chunk_rule():
         (dict(chunk_size=2.5), TypeError, r"`chunk_size` must be a positive int or None"),
         (dict(z_loss=-1e-4), ValueError, r"`z_loss` must lie in \[0.0, inf\)"),
         (dict(label_smoothing=1.5), ValueError, r"`label_smoothing` must lie in \[0.0, 1.0\)"),
-        (dict(bias=jnp.zeros(4)), ValueError, r"`params.b` must have shape \(n_classes,\) = \(5,\)"),
+        (dict(bias=jnp.zeros(4)), ValueError, r"`bias` must have shape \(n_classes,\) = \(5,\) to match `w`"),
     ],
 )
 def test_bad_options(kwargs, error, pattern):
@@ -179,7 +179,7 @@ def test_bad_options(kwargs, error, pattern):
 
 def test_bad_shapes_and_labels():
     x, w, _, y = problem(6, 3, 5, dtype=jnp.float32, ignore=False)
-    with pytest.raises(ValueError, match=r"`params.W` must have shape .* \(3, K\) .* got \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"`w` must have shape .* \(3, K\) to match `x`; got \(4, 5\)"):
         jsoftmax.linear_cross_entropy(x, jnp.zeros((4, 5)), y)
     with pytest.raises(ValueError, match=r"`labels` must have shape \(n_samples,\) = \(6,\)"):
         jsoftmax.linear_cross_entropy(x, w, y[:4])

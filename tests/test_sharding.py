@@ -132,3 +132,13 @@ def test_sparse_x_shards_over_rows(report):
     assert sparse["fit"]["W"] <= 1e-9 and sparse["fit"]["iters"][0] == sparse["fit"]["iters"][1]
     assert sparse["refused"]["class_axis"].startswith("ValueError: a sparse X is sharded over its rows only")
     assert sparse["refused"]["newton"].startswith("ValueError: solver='newton-cg' is not supported for a sparse X")
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_gradients_come_back_with_the_inputs_types_on_explicit_and_auto_axes(report, kind):
+    # A batch placed on a mesh the README's way (jax.make_mesh: Explicit axes in recent jax),
+    # differentiated under jax.set_mesh and under jit, with and without mesh=; and the same on
+    # Auto axes. Each equals one device's gradient and has its input's type and sharding.
+    for name, row in report["axis_types"][kind].items():
+        assert "failed" not in row, (kind, name, row)
+        assert row["error"] <= TOL["float32"] and row["same_types"] and row["same_shardings"], (kind, name, row)

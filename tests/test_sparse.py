@@ -283,8 +283,8 @@ def test_cv_estimator_on_sparse_input():
 
     X, y = make("small")
     X, y = X[:400], y[:400] % 3
-    sparse_cv = jsoftmax.SoftmaxRegressionCV(Cs=3, cv=3, tol=1e-8, dtype="float64").fit(X, y)
-    dense_cv = jsoftmax.SoftmaxRegressionCV(Cs=3, cv=3, tol=1e-8, dtype="float64").fit(X.toarray(), y)
+    sparse_cv = jsoftmax.SoftmaxRegressionCV(Cs=3, cv=3, tol=1e-8, max_iter=1000, dtype="float64").fit(X, y)
+    dense_cv = jsoftmax.SoftmaxRegressionCV(Cs=3, cv=3, tol=1e-8, max_iter=1000, dtype="float64").fit(X.toarray(), y)
     assert sparse_cv.C_[0] == dense_cv.C_[0]
     np.testing.assert_allclose(sparse_cv.scores_[0], dense_cv.scores_[0], atol=1e-12)
     # Both refits stop at tol 1e-8 on the same objective (the parity bounds: objective

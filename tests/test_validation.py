@@ -61,6 +61,7 @@ def test_integer_labels_out_of_range(problem):
             jsoftmax.value_and_grad(params, X, y.at[2].set(bad))
 
 
+@pytest.mark.usefixtures("traced_checks")
 def test_integer_labels_out_of_range_inside_jit_raise_at_run_time(problem):
     params, X, y = problem
     step = jax.jit(jsoftmax.value_and_grad)
