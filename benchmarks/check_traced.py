@@ -15,8 +15,8 @@ import sys
 from . import common
 from .gpu import _check_values_markdown, _check_values_rate
 
-SHAPE = (2048, 256, 8192)
-STEPS = 20
+SHAPE = (1024, 256, 4096)
+STEPS = 10
 
 
 def main(argv: list[str]) -> int:
