@@ -39,14 +39,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 
 def __getattr__(name: str):
-    if name == "SoftmaxRegression":  # imports scikit-learn: only when asked for
-        from ._estimator import SoftmaxRegression
-
-        return SoftmaxRegression
-    if name == "SoftmaxRegressionCV":
-        from ._cv import SoftmaxRegressionCV
-
-        return SoftmaxRegressionCV
+    if name in ("SoftmaxRegression", "SoftmaxRegressionCV"):  # scikit-learn: only when asked for
+        try:
+            from ._cv import SoftmaxRegressionCV
+            from ._estimator import SoftmaxRegression
+        except ImportError as err:
+            if getattr(err, "name", "") and err.name.split(".")[0] in ("sklearn", "scipy"):
+                raise ImportError(f"jsoftmax.{name} needs scikit-learn: pip install 'jsoftmax[sklearn]' "
+                                  f"({err})") from err
+            raise
+        return {"SoftmaxRegression": SoftmaxRegression, "SoftmaxRegressionCV": SoftmaxRegressionCV}[name]
     raise AttributeError(f"module 'jsoftmax' has no attribute {name!r}")
 
 

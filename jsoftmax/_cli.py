@@ -399,8 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXTRAS = ("sklearn", "scipy", "matplotlib", "tqdm")  # what `pip install 'jsoftmax[cli]'` brings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ImportError as err:
+        if getattr(err, "name", None) and err.name.split(".")[0] in EXTRAS:
+            print(f"jsoftmax: the command line needs {err.name.split('.')[0]}: pip install 'jsoftmax[cli]'",
+                  file=sys.stderr)
+            return 2
+        raise
     args = parser.parse_args(argv)
     try:
         return args.func(args)

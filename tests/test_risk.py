@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -285,6 +286,27 @@ def test_same_shapes_compile_once():
                 _, _, X2, y2 = make_problem(37, 11, 13, seed=seed, dtype=jnp.float32)
                 jax.block_until_ready(call(X2, y2, 0.1 * (seed + 1)))
         assert counter.count == 0, f"{name} compiled {counter.count} programs for new values"
+
+
+def test_a_jitted_training_step_traces_once():
+    # chex's trace counter, as a JAX user would check it: a jitted step built on the public API
+    # is traced once for a shape, whatever the values (and a second trace would raise).
+    W, b, X, y = make_problem(37, 11, 13, seed=21, dtype=jnp.float32, bias=True)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, X, y, l2):
+        value, grad = jsoftmax.value_and_grad(params, X, y, l2=l2)
+        loss = jsoftmax.linear_cross_entropy(X, params.W, y, bias=params.b)
+        return value + loss, jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grad)
+
+    params = jsoftmax.Params(W, b)
+    for seed in range(3):
+        _, _, X2, y2 = make_problem(37, 11, 13, seed=seed, dtype=jnp.float32)
+        _, params = step(params, X2, y2, 0.01 * (seed + 1))
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, jsoftmax.Params(W, b))
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        step(params, X[:10], y[:10], 0.01)  # a new shape is a second trace
 
 
 def test_compile_counter_sees_a_new_shape():
