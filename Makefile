@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean gpu-wheels
+.PHONY: demo test docs bench clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(STAMP)
 	JSOFTMAX_CACHE_DIR=off $(BIN)/python -m pytest -q
 	JSOFTMAX_CACHE_DIR=off $(BIN)/python -m pytest -q -c tests/conformance/pytest.ini \
 		--pyargs sklearn.linear_model.tests.test_logistic
+
+# The documentation site (Sphinx, MyST, MathJax served locally), warnings as errors.
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[all,test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	JSOFTMAX_CACHE_DIR=off $(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 # Wheels a lent GPU machine lacks (it has no package registry); carried there in .whl/.
 # Then there: pip install --no-index --no-deps --target /tmp/site .whl/*.whl, and

@@ -437,9 +437,9 @@ def hvp(
     like the gradient (no N×K array beyond one chunk): two matrix products per chunk for A and
     the result, plus the scores. Newton-type solvers call it once per inner iteration.
 
+    The arguments other than ``V`` are those of :func:`risk`.
+
     Args:
-      params, X, labels, sample_weight, l2, label_smoothing, ignore_index, check_values,
-        chunk_rows: as in :func:`risk`.
       V: the direction, with the structure, shapes and dtype of ``params``.
 
     Returns:

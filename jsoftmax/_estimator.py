@@ -211,9 +211,15 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
       random_state: seed of the minibatch shuffles.
 
     Attributes:
-      classes_, coef_ ((K, D), or (1, D) for binary), intercept_ ((K,) or (1,)),
-      n_features_in_, n_iter_ (shape (1,)), optimality_ (dict: grad_norm, n_iter,
-      converged, stop_reason, tol), loss_curve_, mean_ and scale_ (with ``standardize``).
+      classes_: the class labels, sorted as ``np.unique`` gives them.
+      coef_: (K, D), or (1, D) for two classes (w₁ − w₀); float32 for float32 data. It is the
+        model: predictions, warm starts and saving read it (write it to change the model).
+      intercept_: (K,), or (1,) for two classes.
+      n_features_in_: D.
+      n_iter_: (1,) iterations (or epochs with ``batch_size``) of the fit.
+      optimality_: dict of grad_norm, n_iter, converged, stop_reason and tol.
+      loss_curve_: the objective after each iteration (or epoch).
+      mean_, scale_: (D,) each, with ``standardize``.
 
     Example:
       >>> from sklearn.datasets import load_iris
@@ -435,8 +441,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         return self
 
     def objective(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """scikit-learn's objective C Σ sₙℓₙ + ½‖coef_‖² at the fitted coefficients (Σ sₙℓₙ for
-        C = inf)."""
+        """scikit-learn's objective ``C Σ sₙℓₙ + ½‖coef_‖²`` at the fitted coefficients (``Σ sₙℓₙ``
+        for C = inf)."""
         check_is_fitted(self)
         y = np.asarray(y)
         ids = np.searchsorted(self.classes_, y)

@@ -370,7 +370,7 @@ def fit(
       batch_size: ``None`` for full-batch mode; otherwise rows per minibatch.
       max_iter: full-batch iteration limit. max_epochs: minibatch epoch limit. 0 returns the
         start, with its gradient norm.
-      tol: stop when max |dR/dθ| <= tol (full batch; checked at the end of minibatch runs).
+      tol: stop when ``max |dR/dθ| <= tol`` (full batch; checked at the end of minibatch runs).
       validation_data: ``(X_val, labels_val)`` evaluated after every epoch (minibatch).
       patience: stop after this many epochs without improvement of the validation loss (or
         of the training loss without validation data); the best params are returned.

@@ -10,7 +10,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
 def test_readme_has_examples():
-    assert len(BLOCKS) >= 5
+    assert len(BLOCKS) >= 3  # one example each: the estimator, the analytic gradient, the LM head
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
