@@ -24,7 +24,7 @@ VARIANTS = {"none": None, "α=0.01": 0.01, "α=0.1": 0.1, "α=1": 1.0}
 
 CHILD = """
 import json, time, numpy as np, scipy.sparse as sp
-import jsoftmax, jsoftmax._train as train
+import jsoftmax, jsoftmax.train.newton_cg as train
 mix = {mix!r}
 train.PRECONDITION = {{"sparse": mix is not None, "dense": mix is not None, "mix": mix or 0.0}}
 X = sp.load_npz({x!r}) if {sparse} else np.load({x!r}); y = np.load({y!r})

@@ -17,7 +17,9 @@ def run(name: str = "rcv1") -> dict:
     import jax
     import jax.numpy as jnp
 
-    from jsoftmax import Params, _api, _train
+    from jsoftmax import Params, _api
+    from jsoftmax.train import newton_cg
+    from jsoftmax.train.objective import Data
     from jsoftmax._compat import enable_x64
 
     from .sparse_data import SHAPES, make
@@ -29,10 +31,10 @@ def run(name: str = "rcv1") -> dict:
         l2 = 1.0 / n
         problem, spec, plan = _api.prepare(params, X, y, l2=l2, in_place=True)  # as a fit lays it out
         layout = problem.X
-        data = (layout, problem.labels, problem.sample_weight, l2, 0.0, None)
-        carry = _train._newton_start(params, data, spec=spec, plan=plan, max_iter=1000)
-        compiled = _train._newton_segment.lower(carry, 1000, 1e-6, data, spec=spec, plan=plan,
-                                                max_cg=_train._max_cg(d * k + k)).compile()
+        data = Data(layout, problem.labels, problem.sample_weight, l2, 0.0, None)
+        carry = newton_cg.start(params, data, spec=spec, plan=plan, max_iter=1000)
+        compiled = newton_cg.segment.lower(carry, 1000, 1e-6, data, spec=spec, plan=plan,
+                                           max_cg=newton_cg.max_cg(params)).compile()
         analysis = compiled.memory_analysis()
     return {"problem": name, "shape": [n, d, k], "nnz": int(X.nnz),
             "csr_bytes": int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes),

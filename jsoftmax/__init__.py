@@ -19,10 +19,10 @@ from ._api import risk as risk
 from ._api import risk_grad as risk_grad
 from ._api import value_and_grad as value_and_grad
 from ._mesh import shard_arrays as shard_arrays
-from ._train import FitResult as FitResult
-from ._train import ManyResult as ManyResult
-from ._train import fit as fit
-from ._train import fit_many as fit_many
+from .train import FitResult as FitResult
+from .train import ManyResult as ManyResult
+from .train import fit as fit
+from .train import fit_many as fit_many
 from ._types import Params as Params
 from ._verify import CheckRow as CheckRow
 from ._verify import GradientReport as GradientReport

@@ -223,8 +223,8 @@ def _source() -> str:
     if _source_digest is None:
         digest = hashlib.sha256()
         package = Path(__file__).parent
-        for path in sorted(package.glob("*.py")) + sorted(package.glob("*.json")):
-            digest.update(path.name.encode() + path.read_bytes())
+        for path in sorted(package.rglob("*.py")) + sorted(package.glob("*.json")):
+            digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
         _source_digest = digest.hexdigest()
     return _source_digest
 

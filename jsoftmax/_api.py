@@ -23,6 +23,7 @@ Forward-mode differentiation (``jax.jvp``) is not supported by a custom VJP and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Any
@@ -123,6 +124,31 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                                                           sharding=sharding,
                                                           in_place=in_place and mesh is None))
     return problem, spec, plan
+
+
+def plan_rows(plan: Plan, rows: int, d: int, k: int, itemsize: int, *, classes: int | None = None) -> Plan:
+    """``plan`` for another number of rows at a time (a minibatch), or for ``classes`` live
+    classes per chunk (M models' stacked scores under ``vmap``): the same mesh and axes."""
+    new = _engine.make_plan(rows, d, classes or k, mesh=plan.mesh, data_axis=plan.data_axis,
+                            class_axis=plan.class_axis, itemsize=itemsize)
+    if classes is None:
+        return new
+    return dataclasses.replace(plan, chunk_rows=new.chunk_rows, feature_blocks=new.feature_blocks)
+
+
+def hessian_diagonal(P, r, X):
+    """The loss Hessian's diagonal from :func:`curvature`'s P and r (``docs/derivation.md`` §13)."""
+    return _engine.hessian_diagonal(P, r, X)
+
+
+def is_sparse_layout(X) -> bool:
+    """X is laid out as sparse rows (a CSR read by chunks), as ``prepare`` left it."""
+    return isinstance(X, _sparse.SparseRows)
+
+
+def rule(name: str):
+    """A measured rule of ``jsoftmax/_rules.json`` (with the command that measured it)."""
+    return _engine.RULES[name]
 
 
 # --- the one operation and its custom VJP ---------------------------------------------------

@@ -27,10 +27,10 @@ from . import _sparse
 from ._compat import enable_x64
 from ._estimator import (SoftmaxRegression, coefficient_dtype, column_moments, penalty_strength,
                          training_weights)
-from ._train import fit_many
+from .train import fit_many, registry
 from ._types import Params
 
-CV_SOLVERS = ("lbfgs", "newton-cg")
+CV_SOLVERS = tuple(registry.SOLVERS)  # the full-batch solvers fit_many vmaps
 
 
 # Rows of a fold's test set scored at a time (a copy of at most this much of X).

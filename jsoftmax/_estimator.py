@@ -33,11 +33,11 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from . import _checkpoint, _inplace, _sparse
 from ._compat import enable_x64
 from ._api import host_predictions
-from ._train import fit
+from .train import fit, newton_cg, registry
 from ._types import Params
 
-SOLVERS = ("auto", "lbfgs", "newton-cg", "adam", "sgd")
-FULL_BATCH_SOLVERS = ("lbfgs", "newton-cg")
+FULL_BATCH_SOLVERS = tuple(registry.SOLVERS)  # jsoftmax.train's solvers, by name
+SOLVERS = ("auto", *FULL_BATCH_SOLVERS, "adam", "sgd")
 MODEL_FORMAT = 2  # 2: checksum, array manifest, feature names; 1 still loads
 # Full-batch fits pad the rows up to a bucket (at most 1/8 more, weight 0) so that a new N in the
 # same bucket reuses the compiled program, while the padded copy costs little next to a compile:
@@ -107,7 +107,7 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None, sparse: bool =
     del n, d, k  # no measured dense shape favours Newton-CG by enough to switch yet
     if batch_size is not None:
         return "adam"
-    return "newton-cg" if sparse else "lbfgs"
+    return newton_cg.SOLVER.name if sparse else registry.DEFAULT
 
 
 def column_moments(X: np.ndarray, block_rows: int | None = None,

@@ -233,10 +233,9 @@ def test_float64_fit_does_not_leak_x64():
 
 
 def _compiled_programs() -> int:
-    from jsoftmax import _train
+    from jsoftmax.train import drive, lbfgs
 
-    return sum(f._cache_size() for f in (_train._lbfgs_start, _train._lbfgs_segment,
-                                         _train._metrics, _train._grad_inf_norm))
+    return sum(f._cache_size() for f in (lbfgs.start, lbfgs.segment, drive.metrics, drive.grad_inf_norm))
 
 
 @pytest.mark.parametrize("buckets", [True, False])

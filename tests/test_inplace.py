@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import jsoftmax
-from jsoftmax import _api, _checkpoint, _engine, _inplace, _train
+from jsoftmax import _api, _checkpoint, _engine, _inplace
+from jsoftmax.train import lbfgs
 from jsoftmax._estimator import column_moments
 
 from .helpers import assert_normwise_close
@@ -167,9 +168,9 @@ def test_same_shift_reuses_the_compiled_fit(small_in_place, x64):
     y = np.random.default_rng(6).integers(0, 3, 200)
     start = jsoftmax.Params(jnp.zeros((10, 3)), jnp.zeros(3))
     jsoftmax.fit(start, misaligned(200, 10, 16, seed=1), y, solver="lbfgs", max_iter=3)
-    before = _train._lbfgs_segment._cache_size()
+    before = lbfgs.segment._cache_size()
     jsoftmax.fit(start, misaligned(200, 10, 16, seed=2), y, solver="lbfgs", max_iter=3)
-    assert _train._lbfgs_segment._cache_size() == before
+    assert lbfgs.segment._cache_size() == before
 
 
 def test_a_refit_after_x_changed_in_place_sees_the_new_values(small_in_place, x64):

@@ -175,7 +175,7 @@ def _quadratic(n=8, seed=0, spread=1e4):
 
 
 def test_preconditioned_cg_solves_the_same_system_in_fewer_steps(x64):
-    from jsoftmax import _solvers
+    from jsoftmax.train import newton_cg as _solvers
 
     H, g = _quadratic()
     hvp = lambda v: H @ v  # noqa: E731
@@ -195,7 +195,7 @@ def test_preconditioned_cg_solves_the_same_system_in_fewer_steps(x64):
 
 
 def test_preconditioned_cg_stops_on_the_boundary_of_the_m_norm_region(x64):
-    from jsoftmax import _solvers
+    from jsoftmax.train import newton_cg as _solvers
 
     H, g = _quadratic(seed=3)
     M = jnp.diag(H)
@@ -208,7 +208,7 @@ def test_preconditioned_cg_stops_on_the_boundary_of_the_m_norm_region(x64):
 def test_newton_cg_reaches_the_same_minimum_with_and_without_the_preconditioner(x64, monkeypatch, l2):
     import jax
 
-    from jsoftmax import _train
+    from jsoftmax.train import newton_cg as _train
 
     X, y, weights = _sparse_problem(seed=5)
     start = jsoftmax.Params(jnp.zeros((6, 3)), jnp.zeros(3))

@@ -9,34 +9,34 @@ quadratic model's, and :math:`\Delta` follows TRON's update rule. The whole solv
 and CG — is one compiled ``lax.while_loop`` nest; each CG iteration costs one HVP (three matrix
 products by row chunks), each outer iteration one value-and-gradient.
 
-The carry has the layout of ``_train``'s full-batch loop — ``(iteration, params, state, value,
-grad, losses)`` with ``state = (Δ, CG iterations so far, stalled)`` — so callbacks and atomic
-checkpoints work for it unchanged.
+Its state between outer iterations is :class:`NewtonState` (Δ, CG iterations so far, stalled),
+inside the shared :class:`~jsoftmax.train.objective.Carry`, so callbacks and atomic checkpoints
+work for it unchanged. When the N×K probabilities fit ``CURVATURE_BYTES`` they are kept for an
+outer iteration's CG steps (two products per Hessian-vector product instead of three), and a
+diagonal preconditioner is used where ``jsoftmax/_rules.json`` says it pays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 from jax import lax
+
+from .. import _api
+from .._types import Params, accumulation_dtype
+from .objective import Affine, Solver, first_carry, in_dtype, iterate, objective, on_raw_features, tree_axpy, tree_vdot
 
 # TRON's constants (liblinear tron.cpp).
 ETA0, ETA1, ETA2 = 1e-4, 0.25, 0.75
 SIGMA1, SIGMA2, SIGMA3 = 0.25, 0.5, 4.0
 CG_TOLERANCE = 0.1  # relative residual at which CG stops
-
-
-def tree_vdot(a, b) -> jax.Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
-def tree_axpy(alpha, x, y):
-    """alpha·x + y, leaf by leaf."""
-    return jax.tree_util.tree_map(lambda u, v: alpha * u + v, x, y)
+CURVATURE_BYTES = 256 * 2**20  # keep N×K probabilities across CG steps up to this size
+# The diagonal preconditioner: where it runs and its mix α (measured; see _rules.json).
+PRECONDITION = _api.rule("newton_preconditioner")
 
 
 class NewtonState(NamedTuple):
@@ -103,8 +103,8 @@ def _metric(inverse):
             lambda a, b: tree_vdot(a, jax.tree_util.tree_map(jnp.divide, b, inverse)))
 
 
-def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: NewtonState, value, grad,
-                *, max_cg: int):
+def step(value_and_grad: Callable, make_hvp: Callable, params, state: NewtonState, value, grad,
+         *, max_cg: int):
     """One outer iteration: (params, state, value, grad) after a CG solve and TRON's radius rule.
     ``make_hvp(params)`` returns (v ↦ H(params)·v, M⁻¹): the product may precompute what every
     call reuses; M⁻¹ is the inverse of a diagonal preconditioner M, or None. Step lengths are
@@ -147,117 +147,75 @@ def newton_step(value_and_grad: Callable, make_hvp: Callable, params, state: New
     return params, NewtonState(radius, state.cg_iterations + cg_iters, stalled), value, grad
 
 
-# --- A lean L-BFGS --------------------------------------------------------------------------
-#
-# optax.lbfgs is a GradientTransformation with a zoom line search (strong Wolfe conditions):
-# general, but it spends about two evaluations of the value and gradient per iteration here
-# and ~90 µs of bookkeeping per step on small problems. For this smooth, convex objective a
-# backtracking (Armijo) line search that tries the quasi-Newton step first is accepted at t = 1
-# almost always: one evaluation per iteration, as scipy's L-BFGS-B (scikit-learn's solver)
-# manages. Curvature pairs with sᵀy ≤ 0 are skipped, which keeps the inverse-Hessian estimate
-# positive definite without the Wolfe curvature condition.
-
-LBFGS_MEMORY = 10
-ARMIJO = 1e-4
-MAX_BACKTRACKS = 30
+def max_cg(params: Params) -> int:
+    """CG iterations per Newton step: enough to converge on small problems, bounded on large."""
+    n_params = params.W.size + (0 if params.b is None else params.b.size)
+    return int(min(max(n_params, 10), 250))
 
 
-class LbfgsState(NamedTuple):
-    """History of the last ``LBFGS_MEMORY`` steps s and gradient changes y (flat vectors)."""
+def _hvp_maker(data, spec, plan):
+    """``make_hvp(params) -> (v ↦ H·v, M⁻¹ or None)`` for this problem (see the module doc)."""
+    X = data.X
 
-    s: jax.Array  # (m, n)
-    y: jax.Array  # (m, n)
-    rho: jax.Array  # (m,) 1 / sᵀy, 0 for empty slots
-    newest: jax.Array  # index of the newest pair (ring buffer)
-    stalled: jax.Array  # no acceptable step was found: further iterations cannot help
+    def make_hvp(params):
+        keep = X.shape[0] * params.W.shape[1] * jnp.dtype(accumulation_dtype(X.dtype)).itemsize <= CURVATURE_BYTES
+        params = in_dtype(params, X.dtype)
+        raw, transpose = jax.vjp(lambda q: on_raw_features(q, data.affine), params)
+        inverse = None  # M⁻¹ of the preconditioner
+        if keep:
+            P, r = _api.curvature(raw, X, data.labels, data.sample_weight, data.smoothing, spec)
+            loss_hvp = lambda V: _api.cached_hvp(P, r, X, V)  # noqa: E731
+            if PRECONDITION["sparse" if _api.is_sparse_layout(X) else "dense"]:
+                inverse = _preconditioner(P, r, X, data.affine, data.l2, params)
+        else:
+            loss_hvp = lambda V: _api.objective_hvp(raw, V, X, data.labels, data.sample_weight, 0.0,  # noqa: E731
+                                                    data.smoothing, spec, plan)
 
+        def hvp(V):
+            # H = Jᵀ H_raw J for the linear map J = on_raw_features (identity without affine);
+            # the penalty contributes λV on the (standardised) weights.
+            H = loss_hvp(on_raw_features(in_dtype(V, X.dtype), data.affine))
+            (H,) = transpose(jax.tree_util.tree_map(lambda h, q: h.astype(q.dtype), H, raw))
+            H = jax.tree_util.tree_map(lambda h, v: h.astype(v.dtype), H, V)
+            return H._replace(W=H.W + data.l2 * V.W)
 
-def lbfgs_init(grad, dtype) -> LbfgsState:
-    flat, _ = jax.flatten_util.ravel_pytree(grad)
-    m, n = LBFGS_MEMORY, flat.shape[0]
-    zeros = jnp.zeros((m, n), flat.dtype)
-    return LbfgsState(zeros, zeros, jnp.zeros((m,), flat.dtype), jnp.asarray(m - 1), jnp.asarray(False))
+        return hvp, inverse
 
-
-def _direction(state: LbfgsState, g: jax.Array) -> jax.Array:
-    """−H·g by the two-loop recursion over the stored pairs (newest first, then oldest first)."""
-    m = LBFGS_MEMORY
-    order = (state.newest - jnp.arange(m)) % m  # newest → oldest
-
-    def backward(i, carry):
-        q, alphas = carry
-        j = order[i]
-        alpha = state.rho[j] * jnp.vdot(state.s[j], q)
-        return q - alpha * state.y[j], alphas.at[j].set(alpha)
-
-    q, alphas = lax.fori_loop(0, m, backward, (g, jnp.zeros((m,), g.dtype)))
-    newest = state.newest
-    yy = jnp.vdot(state.y[newest], state.y[newest])
-    gamma = jnp.where(state.rho[newest] > 0, 1 / jnp.where(state.rho[newest] > 0, state.rho[newest] * yy, 1), 1.0)
-    r = gamma * q
-
-    def forward(i, r):
-        j = order[m - 1 - i]
-        beta = state.rho[j] * jnp.vdot(state.y[j], r)
-        return r + state.s[j] * (alphas[j] - beta)
-
-    return -lax.fori_loop(0, m, forward, r)
+    return make_hvp
 
 
-def lbfgs_step(value_and_grad: Callable, params, state: LbfgsState, value, grad):
-    """One iteration: the quasi-Newton direction, a backtracking line search from t = 1 (from
-    1/‖g‖ while there is no history), and the new pair."""
-    x, unravel = jax.flatten_util.ravel_pytree(params)
-    g, unravel_grad = jax.flatten_util.ravel_pytree(grad)
-    empty = ~jnp.any(state.rho > 0)
-    d = _direction(state, g)
-    slope = jnp.vdot(g, d)
-    descent = slope < 0
-    d = jnp.where(descent, d, -g)  # a non-descent direction (rounding) falls back to −g
-    slope = jnp.where(descent, slope, -jnp.vdot(g, g))
-    t0 = jnp.where(empty | ~descent, jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(g), 1e-30)), 1.0)
-    tiny = 64 * jnp.finfo(value.dtype).eps * jnp.abs(value)
+def _preconditioner(P, r, X, affine: Affine | None, l2, params: Params) -> Params:
+    """M⁻¹ of Newton-CG's diagonal preconditioner M = (1 − α)·λ + α·diag(H) (liblinear's mix of the
+    identity, here scaled by the penalty λ, and the Hessian's diagonal; α = ``PRECONDITION["mix"]``).
+    The diagonal is the raw features' (``_api.hessian_diagonal``) scaled by σ⁻² for
+    standardised W; centring's cross terms are left out: any positive M gives the same
+    solution, only the number of CG steps depends on it. Without a penalty λ is replaced by
+    the diagonal's mean."""
+    dW, db = _api.hessian_diagonal(P, r, X)
+    if affine is not None:
+        dW = dW * jnp.square(affine.inv_scale.astype(dW.dtype))[:, None]
+    base = jnp.where(l2 > 0, l2, (jnp.sum(dW) + jnp.sum(db)) / (dW.size + db.size)).astype(dW.dtype)
+    base = jnp.where(base > 0, base, 1)
+    mix = PRECONDITION["mix"]
+    W = (1 / ((1 - mix) * base + mix * (dW + l2))).astype(params.W.dtype)
+    b = None if params.b is None else (1 / ((1 - mix) * base + mix * db)).astype(params.b.dtype)
+    # The barrier keeps XLA from rewriting a / M⁻¹ as a · M, which would keep M as well.
+    return lax.optimization_barrier(Params(W, b))
 
-    def evaluate(t):
-        v, gr = value_and_grad(unravel(x + t * d))
-        return v, jax.flatten_util.ravel_pytree(gr)[0]
 
-    def acceptable(t, v, gn):
-        armijo = v <= value + ARMIJO * t * slope
-        # At rounding level the value cannot show a decrease: take a step that shrinks |g|.
-        rounding = jnp.abs(t * slope) <= tiny
-        return jnp.isfinite(v) & jnp.where(rounding, jnp.vdot(gn, gn) < jnp.vdot(g, g), armijo)
+@partial(jax.jit, static_argnames=("spec", "plan", "max_iter"))
+def start(params, data, *, spec, plan, max_iter):
+    return first_carry(params, data, spec, plan, max_iter, lambda p, g, v: init_state(g, v.dtype))
 
-    # k counts evaluations; k = 0 has none yet. The first pass evaluates at t0 and later passes
-    # backtrack, so the objective is traced at one call site (half the compiled program).
-    def cond(carry):
-        k, t, v, gn = carry
-        return (k == 0) | ((k <= MAX_BACKTRACKS) & ~acceptable(t, v, gn))
 
-    def body(carry):
-        k, t, v, gn = carry
-        # Minimiser of the quadratic through f(0), f'(0) and f(t), kept within [0.1t, 0.5t].
-        curvature = v - value - slope * t
-        t_quad = jnp.where(jnp.isfinite(v) & (curvature > 0), -slope * t**2 / (2 * jnp.where(curvature > 0, curvature, 1)), 0.5 * t)
-        t = jnp.where(k == 0, t0, jnp.clip(t_quad, 0.1 * t, 0.5 * t))
-        v, gn = evaluate(t)
-        return k + 1, t, v, gn
+# The carry is donated: each segment's output replaces its input in place (one copy of the
+# params, gradient and solver state instead of two; the drivers never reuse a carry).
+@partial(jax.jit, static_argnames=("spec", "plan", "max_cg"), donate_argnums=0)
+def segment(carry, limit, tol, data, *, spec, plan, max_cg):
+    """Trust-region Newton-CG iterations until ``limit``, max|grad| <= tol, or the model
+    predicts no further decrease; one compiled while_loop."""
+    value_and_grad = jax.value_and_grad(objective(data, spec, plan))
+    return iterate(carry, limit, tol, partial(step, value_and_grad, _hvp_maker(data, spec, plan), max_cg=max_cg))
 
-    start = (jnp.asarray(0), t0, jnp.asarray(jnp.inf, value.dtype), jnp.zeros_like(g))
-    k, t, new_value, new_g = lax.while_loop(cond, body, start)
-    ok = acceptable(t, new_value, new_g)
-    s, y = t * d, new_g - g
-    sy = jnp.vdot(s, y)
-    keep = ok & (sy > jnp.finfo(sy.dtype).eps * jnp.vdot(y, y))
-    slot = (state.newest + 1) % LBFGS_MEMORY
-    state = LbfgsState(
-        jnp.where(keep, state.s.at[slot].set(s), state.s),
-        jnp.where(keep, state.y.at[slot].set(y), state.y),
-        jnp.where(keep, state.rho.at[slot].set(1 / jnp.where(keep, sy, 1)), state.rho),
-        jnp.where(keep, slot, state.newest),
-        ~ok,
-    )
-    x_new = jnp.where(ok, x + s, x)
-    value = jnp.where(ok, new_value, value)
-    g = jnp.where(ok, new_g, g)
-    return unravel(x_new), state, value, unravel_grad(g)
+
+SOLVER = Solver("newton-cg", start, segment, lambda params: ({}, {"max_cg": max_cg(params)}), sparse_mesh=False)

@@ -1,0 +1,11 @@
+"""Fitting the op: the objective as solvers see it, one file per solver with a registry, the
+full-batch and minibatch drivers with callbacks and checkpoints, ``fit`` and ``fit_many``."""
+
+from .fit import FitResult as FitResult
+from .fit import fit as fit
+from .many import ManyResult as ManyResult
+from .many import fit_many as fit_many
+from .registry import SOLVERS as SOLVERS
+from .registry import Solver as Solver
+
+__all__ = ["FitResult", "ManyResult", "SOLVERS", "Solver", "fit", "fit_many"]
