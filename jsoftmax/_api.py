@@ -704,27 +704,31 @@ def _predict_jit(W, b, X):
     return _engine.all_predictions(W, b, X)
 
 
-def _features(params, X, in_place: bool = False):
+def _features(params, X, in_place: bool = False, checked: bool = False):
     """Validated W, b and X for prediction; a sparse X as one chunk of rows (the (N, K) output
     is as large as its scores), without the transposed copy a gradient needs; with
-    ``in_place`` a large NumPy X read where it lies (``_inplace``)."""
+    ``in_place`` a large NumPy X read where it lies (``_inplace``). NaN rows are refused, as a
+    fit refuses them, unless the caller ``checked`` X's values already."""
     W, b, X = _validate.prepare_features(params, X, keep_host=in_place)
     if isinstance(X, _sparse.CSR):
-        _validate.check_finite_features(X)  # NaN rows are refused, as a fit refuses them
+        if not checked:
+            _validate.check_finite_features(X)
         return W, b, _sparse.chunked_rows(X, X.shape[0], transposed=False, in_place=in_place)
     if isinstance(X, np.ndarray):
         rows, _ = _engine.choose_chunks(X.shape[0], W.shape[1], d=X.shape[1], itemsize=X.dtype.itemsize)
         X = _inplace.place(X, rows)
-    _validate.check_finite_features(X)
+    if not checked:
+        _validate.check_finite_features(X)
     return W, b, X
 
 
 def host_predictions(params: Params | Weights, X: Features, *, probabilities: bool) -> np.ndarray:
-    """:func:`predict_proba` (or :func:`predict`) as a NumPy array, for a caller that waits for
-    it anyway: a large NumPy X is then read in place instead of copied to the device, and the
-    program comes from ``_aot``'s store."""
+    """:func:`predict_proba` (or :func:`predict`) as a NumPy array, for the estimators, which wait
+    for it anyway and have checked X's values (scikit-learn's ``validate_data``): a large NumPy
+    X is then read in place instead of copied to the device, in one pass (no second pass for
+    NaN), and the program comes from ``_aot``'s store."""
     function = _proba_jit if probabilities else _predict_jit
-    return np.asarray(_aot.call(function, _features(params, X, in_place=True), {}))
+    return np.asarray(_aot.call(function, _features(params, X, in_place=True, checked=True), {}))
 
 
 def predict_proba(params: Params | Weights, X: Features) -> jax.Array:

@@ -196,12 +196,6 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
             raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
 
 
-def _csv_width(path: Path, delimiter: str) -> int:
-    for _, row in _csv_rows(path, delimiter):
-        return len(row)
-    raise ValueError(f"{path}: the file is empty.")
-
-
 HEADER_LOOKAHEAD = 100
 
 
