@@ -39,7 +39,7 @@ gpu-wheels:
 	rm -rf .whl && mkdir -p .whl
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-		--platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-wheels.txt
+		--platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu/wheels.txt
 	cd .whl && ls *.whl > VERSIONS && cat VERSIONS
 
 clean:

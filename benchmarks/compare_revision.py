@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 
 from . import common, variants
-from .suite_hot import interleaved
+from .suites.hot import interleaved
 
 ROOT = Path(__file__).parent.parent
 
@@ -57,7 +57,7 @@ def fits(old, new, shape: tuple[int, int, int], rev: str, repeats: int = 5) -> l
 
     from jsoftmax._compat import enable_x64
 
-    from .suite_fit import synthetic
+    from .suites.fit import synthetic
 
     n, d, k = shape
     X, y = synthetic(n, d, k)

@@ -13,7 +13,7 @@ import os
 import sys
 
 # Compile times are reported as measured: the suites run without jsoftmax's persistent caches
-# (the warm-cache first call is benchmarks/first_call.py's). A JSOFTMAX_CACHE_DIR you set wins.
+# (the warm-cache first call is benchmarks/studies/first_call.py's). A JSOFTMAX_CACHE_DIR you set wins.
 os.environ.setdefault("JSOFTMAX_CACHE_DIR", "off")
 
 from . import common  # noqa: E402  (after the cache setting: it may import jsoftmax)
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     tag = args.tag or info["platform"]
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     for name in args.suite:
-        suite = importlib.import_module(f"benchmarks.suite_{name}")
+        suite = importlib.import_module(f"benchmarks.suites.{name}")
         payload = suite.run(quick=args.quick)
         payload.update(machine=info, command=command.strip(), quick=args.quick)
         md = f"# Benchmark `{name}`\n\n" + common.stamp_markdown(info, command.strip()) + "\n" + suite.markdown(payload)

@@ -29,8 +29,8 @@ from ._verify import GradientReport as GradientReport
 from ._verify import check_gradient as check_gradient
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers; loaded lazily below at run time
-    from ._cv import SoftmaxRegressionCV as SoftmaxRegressionCV
-    from ._estimator import SoftmaxRegression as SoftmaxRegression
+    from .sklearn import SoftmaxRegression as SoftmaxRegression
+    from .sklearn import SoftmaxRegressionCV as SoftmaxRegressionCV
 
 try:
     __version__ = version("jsoftmax")
@@ -41,8 +41,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 def __getattr__(name: str):
     if name in ("SoftmaxRegression", "SoftmaxRegressionCV"):  # scikit-learn: only when asked for
         try:
-            from ._cv import SoftmaxRegressionCV
-            from ._estimator import SoftmaxRegression
+            from .sklearn import SoftmaxRegression, SoftmaxRegressionCV
         except ImportError as err:
             if getattr(err, "name", "") and err.name.split(".")[0] in ("sklearn", "scipy"):
                 raise ImportError(f"jsoftmax.{name} needs scikit-learn: pip install 'jsoftmax[sklearn]' "

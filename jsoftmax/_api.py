@@ -34,7 +34,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
-from . import _aot, _engine, _inplace, _mesh, _rows, _sparse, _validate
+from . import _aot, _engine, _inplace, _layouts, _mesh, _rows, _sparse, _validate
 from ._reference import reference_loss
 from ._types import (
     Bias,
@@ -141,13 +141,18 @@ def hessian_diagonal(P, r, X):
     return _engine.hessian_diagonal(P, r, X)
 
 
-def is_sparse_layout(X) -> bool:
-    """X is laid out as sparse rows (a CSR read by chunks), as ``prepare`` left it."""
-    return isinstance(X, _sparse.SparseRows)
+def layout_kind(X) -> str:
+    """``"sparse"`` or ``"dense"``: the kind of layout ``prepare`` left X in (``_layouts``)."""
+    return _layouts.kind(X)
+
+
+def fixed_chunks(X) -> bool:
+    """X's layout fixes its row chunks (a later plan cannot change them; ``_layouts``)."""
+    return _layouts.chunked(X)
 
 
 def rule(name: str):
-    """A measured rule of ``jsoftmax/_rules.json`` (with the command that measured it)."""
+    """A rule of ``jsoftmax/_rules.json`` (each with the benchmark run behind it)."""
     return _engine.RULES[name]
 
 
@@ -194,7 +199,7 @@ def _loss_fwd(W, b, X, labels, sample_weight, eps, zeta, spec, plan, return_lse,
     if eps_p or zeta_p:
         raise TypeError("differentiating with respect to `label_smoothing` or `z_loss` is not "
                         "supported; pass them as constants.")
-    if X_p and isinstance(X, _sparse.SparseRows):
+    if X_p and _layouts.kind(X) == "sparse":
         raise TypeError("differentiating with respect to a sparse `X` is not supported; its "
                         "stored values are data, not parameters.")
     acc = accumulation_dtype(X.dtype)
@@ -318,7 +323,9 @@ def risk(
     .. math::
 
         R(W, b) = -\frac{1}{\sum_n s_n} \sum_n s_n\, t_n^\top \log \mathrm{softmax}(W^\top x_n + b)
-                  + \frac{\lambda}{2} \lVert W \rVert^2, \qquad t_n = (1-\varepsilon) y_n + \varepsilon / K
+                  + \frac{\lambda}{2} \lVert W \rVert^2,
+
+    with the smoothed targets :math:`t_n = (1-\varepsilon) y_n + \varepsilon / K`.
 
     Differentiable with ``jax.grad``/``jax.vjp``: the backward pass is the analytic gradient
     (a custom VJP), with respect to ``W``, ``b``, ``X``, probability labels, ``sample_weight``
@@ -334,9 +341,9 @@ def risk(
       ignore_index: integer label that marks a row to leave out of the sum and the count.
       check_values: validate label ranges, probability rows, finiteness of X and weights
         (eagerly for concrete data, at run time under ``jit``); see ``jsoftmax._validate``.
-      chunk_rows: rows of scores live at a time (static). Default: the measured rule of
-        ``jsoftmax._engine.choose_chunks`` (CPU: ≥ 1024 rows, ≤ 128 MiB of f32 scores;
-        GPU: 1024 rows, ≤ 1 GiB).
+      chunk_rows: rows of scores live at a time (static). Default: the rule of
+        ``jsoftmax._engine.choose_chunks`` (a budget of f32 scores per chunk, and on a CPU
+        cache-sized chunks; the numbers in ``jsoftmax/_rules.json``).
       mesh, data_axis, class_axis: run sharded over a ``jax.sharding.Mesh``: rows over
         ``data_axis``, W's columns over ``class_axis`` (either or both; see ``_mesh``).
 
@@ -530,7 +537,9 @@ def linear_cross_entropy(
     .. math::
 
         \ell_n = \mathrm{lse}(z_n) \textstyle\sum_k t_{nk} - t_n^\top z_n + \zeta\, \mathrm{lse}(z_n)^2,
-        \qquad z_n = x_n W + b \;\; (\text{or } c\tanh((x_n W + b)/c)),\; t_n = (1-\varepsilon) y_n + \varepsilon / K
+
+    with the scores :math:`z_n = x_n W + b` (or :math:`c\tanh((x_n W + b)/c)` with a soft-cap)
+    and the smoothed targets :math:`t_n = (1-\varepsilon) y_n + \varepsilon / K`.
 
     Args:
       x: (N, D) inputs (e.g. a language model's final hidden states), f32/f64/bf16, or
@@ -548,7 +557,7 @@ def linear_cross_entropy(
       implementation: "auto" or "chunked" (row chunks, class blocks when K is huge, the
         analytic backward), or "reference" (materialised logits, JAX autodiff; the oracle).
       chunk_size: rows per chunk; class_chunk_size: classes per block (online log-sum-exp).
-        Default: a rule from measured block sizes (CPU: 128 MiB budget; GPU: 1024 rows, 1 GiB).
+        Default: the rule of ``jsoftmax._engine.choose_chunks`` (``jsoftmax/_rules.json``).
       return_lse: also return the (N,) log-sum-exp (auxiliary; not differentiated).
       return_predictions: also return each row's predicted class, the arg-max of its scores,
         (N,) int32, from the same pass over the logits (first index on ties).
@@ -563,8 +572,8 @@ def linear_cross_entropy(
         gradient held between the passes). "none" reductions always recompute.
       weight_grad_accumulation: for 16-bit inputs, the dtype dW accumulates in over row chunks:
         "float32", "input" (the inputs' dtype, as Liger does; half the memory, one rounding per
-        chunk), or "auto": float32 while D×K×4 bytes fit the measured budget of
-        ``jsoftmax/_rules.json`` (1 GiB), the inputs' dtype beyond.
+        chunk), or "auto": float32 while D×K×4 bytes fit the budget in
+        ``jsoftmax/_rules.json``, the inputs' dtype beyond.
       check_values: label-range and finiteness checks (see :func:`jsoftmax.risk`).
       mesh, data_axis, class_axis: shard rows over ``data_axis`` and W's columns over
         ``class_axis`` of a ``jax.sharding.Mesh`` (chunked implementation only).

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from . import _inplace, _rows, _sparse
+from . import _layouts, _rows, _sparse
+from ._layouts import Layout, RowBlock, matmul
 from ._mesh import constrain, partition_specs
 from ._types import (
     Bias,
@@ -63,26 +64,23 @@ KEEP_EXPONENTIALS_BYTES = RULES["keep_exponentials_bytes"]
 GPU_ROWS = RULES["gpu"]["rows"]
 FLOAT32_WEIGHT_GRAD_BYTES = RULES["gpu"]["float32_weight_grad_bytes"]
 WEIGHT_GRAD_ACCUMULATIONS = ("auto", "float32", "input")
-# X laid out for chunks (sparse, or dense read in place): a chunk comes from ``X.chunk``.
-CHUNKED = (_sparse.SparseRows, _inplace.InPlaceRows)
-ChunkedX = _sparse.SparseRows | _inplace.InPlaceRows
 
 
 def choose_chunks(n: int, k: int, budget_bytes: int | None = None,
                   platform: str = "cpu", *, d: int = 0, itemsize: int = 4) -> tuple[int, int | None]:
     """(rows per chunk, classes per block or None) for f32 score blocks within a budget.
 
-    CPU: a block of ``rows × K`` scores should fill about 4 MiB (small K stays in cache), and
-    with ``d`` > 0 (a dense X of ``itemsize``-byte values) the chunk's rows × (D + K) values
-    should fit about 8 MiB, so that the X rows a chunk reads stay in cache for its second
-    product (at 50,000 × 128, K = 20 in float64 the scores rule alone gave 32768 rows and 2.9×
-    the time of 4096 rows: ``benchmarks/results/chunk-rows-cpu.md``). Either way at least 1024
-    rows (fewer rows make the matrix products inefficient), never more than
-    ``budget_bytes`` (default 128 MiB) of scores; powers of two, at least 64, at most ``n``
-    (``benchmarks/results/hot-cpu.md``). GPU: 1024 rows within a 1 GiB budget — on an H200 at
-    (16384, 4096, 128256) bf16, 256-row chunks ran at 2.0× the matmul floor, 512 at 1.21×, 1024
-    at 1.12× with 1.0 GiB of temp, 2048 at 1.08× with 1.8 GiB (``benchmarks/results/gpu/``).
-    The numbers live in ``_rules.json``. Classes are split only
+    CPU: a block of ``rows × K`` scores should fill a cache-sized block
+    (``cache_block_bytes``; small K stays in cache), and with ``d`` > 0 (a dense X of
+    ``itemsize``-byte values) the chunk's rows × (D + K) values should fit ``working_set_bytes``,
+    so that the X rows a chunk reads stay in cache for its second product (the scores rule
+    alone chose chunks several times slower: ``benchmarks/results/chunk-rows-cpu.md``). Either
+    way at least ``min_efficient_rows`` (fewer rows make the matrix products inefficient),
+    never more than ``budget_bytes`` (default ``chunk_bytes``) of scores; powers of two, at
+    least 64, at most ``n`` (``benchmarks/results/hot-cpu.md``). GPU: ``rows`` rows within the
+    GPU's ``chunk_bytes`` (fewer rows ran further from the matmul floor, more held more
+    scratch for little gain: ``benchmarks/results/gpu/``). The numbers, and the commands that
+    measured them, live in ``_rules.json``. Classes are split only
     when even 64 rows of all K exceed the budget: then 256 rows by as many classes as fit; class
     blocks compute the scores twice, so they are the memory fallback, not the default.
     """
@@ -142,7 +140,7 @@ def weight_grad_dtype(dtype, d: int, k: int, accumulation: str = "auto") -> str 
 
 def recompute_backward(backward: str, platform: str | None = None) -> bool:
     """Whether a scalar loss uses the recompute backward: "fused"/"recompute" as asked, "auto"
-    by the platform's measured rule (``_rules.json``)."""
+    by the platform's rule (``_rules.json``)."""
     if backward != "auto":
         return backward == "recompute"
     platform = platform or jax.devices()[0].platform
@@ -187,20 +185,9 @@ def make_plan(n: int, d: int, k: int, *, chunk_rows: int | None = None,
                 grad_dtype, recompute)
 
 
-def matmul(a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
-    """``a @ b``: 16-bit inputs accumulate in float32 (the tensor-core convention); float32 and
-    float64 inputs multiply at full precision. (XLA on a GPU otherwise rounds float32 operands
-    to TF32, a ~1e-3 relative error in the gradient: float32 fits on an H200 then never reached
-    a tolerance of 1e-6.) ``out_dtype``: a 16-bit result (the GEMM still accumulates in f32
-    inside and rounds once when it writes)."""
-    accumulate = accumulation_dtype(a.dtype)
-    precision = lax.Precision.HIGHEST if accumulate == a.dtype else lax.Precision.DEFAULT
-    return jnp.matmul(a, b, preferred_element_type=out_dtype or accumulate, precision=precision)
-
-
-def scores(W: Weights, b: Bias | None, X: Features | _sparse.SparseChunk) -> Scores:
-    """Z = XW + b in the accumulation dtype, shape (N, K); X dense or a sparse chunk."""
-    z = _sparse.scores(X, W) if isinstance(X, _sparse.SparseChunk) else matmul(X, W)
+def scores(W: Weights, b: Bias | None, X: Features | RowBlock) -> Scores:
+    """Z = XW + b in the accumulation dtype, shape (N, K); X dense or a row block (``_layouts``)."""
+    z = _layouts.scores(X, W)
     return z if b is None else z + b.astype(z.dtype)
 
 
@@ -252,11 +239,10 @@ def keeps_exponentials(z: jax.Array) -> bool:
     """Whether a block of scores keeps exp(z − m) for its probabilities (static: by its size).
 
     Recomputing the exponentials costs a second pass of exp over the block; keeping them costs a
-    second block of scratch. On a CPU the exps weigh as much as the products at small D: the
-    value and gradient at digits' 1797 × 64, K = 10 (float64) took 0.248 ms with two passes and
-    0.217 ms with one, and at the larger fit shapes the same within noise
+    second block of scratch. On a CPU the exps weigh as much as the products at small D, so
+    one pass was faster on digits and no slower at the larger fit shapes
     (``benchmarks/results/keep-exponentials-cpu.md``). CPU blocks are cache-sized
-    (``choose_chunks``), so they keep them; a GPU's 1 GiB LM-head blocks do not.
+    (``choose_chunks``), so they keep them; a GPU's LM-head blocks (``_rules.json``) do not.
     """
     return z.size * z.dtype.itemsize <= KEEP_EXPONENTIALS_BYTES
 
@@ -301,7 +287,7 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
         dz = _rows.uncap_gradient(_rows.score_gradient(p, t, coef, scale), z, spec.softcap)
         dz_in = dz.astype(x.dtype)  # 16-bit inputs: the products still accumulate in f32
         if want.grad_W:
-            sums = sums._replace(gW=_add_weight_gradient(sums.gW, x, dz_in, st.feature_blocks))
+            sums = sums._replace(gW=_layouts.add_transposed_product(sums.gW, x, dz_in, st.feature_blocks))
             if sums.gb is not None:
                 sums = sums._replace(gb=sums.gb + jnp.sum(dz, axis=0))
         if want.grad_X:
@@ -310,31 +296,6 @@ def _one_block(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tup
         g_labels = _rows.label_gradient(z, lse, coef, spec, head.eps)
     rows = _RowOut(gX, g_labels, loss if want.rows else None, lse if want.rows else None, predicted)
     return sums, rows
-
-
-def _add_weight_gradient(gW, x, dz, blocks: int):
-    """gW + xᵀ·dz, formed in ``blocks`` blocks of rows of gW (features), each added in place.
-
-    A loop, not unrolled blocks: it orders the products, so only one is alive at a time. A
-    16-bit ``gW`` (``Plan.weight_grad_dtype``) gets a 16-bit product, so that the addition folds
-    into the GEMM (β = 1) instead of a float32 (D, K) temporary.
-    """
-    if isinstance(x, _sparse.SparseChunk):
-        return gW + _sparse.transposed_product(x, dz).astype(gW.dtype)
-    out = None if gW.dtype == accumulation_dtype(x.dtype) else gW.dtype
-    if blocks == 1:
-        return gW + matmul(x.T, dz, out)
-    d = x.shape[1]
-    size = -(-d // blocks)
-
-    def add_block(start, width, gW):
-        x_block = lax.dynamic_slice_in_dim(x, start, width, axis=1)
-        part = lax.dynamic_slice_in_dim(gW, start, width, axis=0) + matmul(x_block.T, dz, out)
-        return lax.dynamic_update_slice_in_dim(gW, part, start, axis=0)
-
-    n_full, rem = divmod(d, size)
-    gW = lax.fori_loop(0, n_full, lambda i, gW: add_block(i * size, size, gW), gW)
-    return add_block(n_full * size, rem, gW) if rem else gW
 
 
 def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> tuple[_Sums, _RowOut]:
@@ -348,7 +309,7 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
 
     def block(start, size):
         w = lax.dynamic_slice_in_dim(head.W, start, size, axis=1)
-        z = matmul(x, w)
+        z = _layouts.scores(x, w)
         if head.b is not None:
             z = z + lax.dynamic_slice_in_dim(head.b, start, size).astype(z.dtype)
         z = _rows.soft_cap(z, spec.softcap)
@@ -391,8 +352,8 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
                 dz = _rows.uncap_gradient(dz, z, spec.softcap)
                 dz_in = dz.astype(x.dtype)
                 if want.grad_W:
-                    out = None if s.gW.dtype == acc else s.gW.dtype
-                    part = lax.dynamic_slice_in_dim(s.gW, start, size, axis=1) + matmul(x.T, dz_in, out)
+                    part = _layouts.add_transposed_product(lax.dynamic_slice_in_dim(s.gW, start, size, axis=1),
+                                                           x, dz_in, 1)
                     s = s._replace(gW=lax.dynamic_update_slice_in_dim(s.gW, part, start, axis=1))
                     if s.gb is not None:
                         part = lax.dynamic_slice_in_dim(s.gb, start, size) + jnp.sum(dz, axis=0)
@@ -411,7 +372,7 @@ def _class_blocks(sums: _Sums, x, y, coef, lse_in, head: _Head, st: _Static) -> 
     return sums, rows
 
 
-def evaluate(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, coef: RowValues, eps, zeta,
+def evaluate(W: Weights, b: Bias | None, X: Features | Layout, labels, coef: RowValues, eps, zeta,
              spec: LossSpec, plan: Plan, want: Want, lse: RowValues | None = None) -> Evaluation:
     """V = Σₙ cₙℓₙ and the gradients ``want`` asks for, in the accumulation dtype.
 
@@ -446,7 +407,7 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
                  jnp.zeros((k_local,), acc) if want.grad_W and b is not None else None)
     c = max(1, min(plan.chunk_rows, n))
     if c == n:
-        sums, rows = block(sums, row_chunk(X, 0, n), labels, coef, lse, head, st)
+        sums, rows = block(sums, _layouts.row_block(X, 0, n), labels, coef, lse, head, st)
     else:
         # Row outputs are written in place into (N, ...) buffers.
         rows = _RowOut(jnp.zeros((n, d), acc) if want.grad_X else None,
@@ -459,7 +420,7 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
             sums, rows = carry
             y, cf, ls = (None if a is None else lax.dynamic_slice_in_dim(a, start, size, axis=0)
                          for a in (labels, coef, lse))
-            sums, out = block(sums, row_chunk(X, start, size), y, cf, ls, head, st)
+            sums, out = block(sums, _layouts.row_block(X, start, size), y, cf, ls, head, st)
             rows = jax.tree_util.tree_map(
                 lambda buf, part: lax.dynamic_update_slice_in_dim(buf, part, start, 0), rows, out)
             return sums, rows
@@ -471,34 +432,16 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
                       rows.predicted)
 
 
-def row_chunk(X, start, size: int):
-    """Rows ``[start, start + size)`` of a dense X (a slice) or of a chunked one (its chunk)."""
-    if isinstance(X, CHUNKED):
-        return X.chunk(start, size)
-    return X if (size == X.shape[0] and isinstance(start, int)) else lax.dynamic_slice_in_dim(X, start, size, axis=0)
-
-
-def _over_chunks(X, body, carry):
-    """``carry = body(carry, start, chunk)`` over the chunks of a chunked X (the last may be
-    short); a dense X is one chunk."""
-    if not isinstance(X, CHUNKED):
-        return body(carry, 0, X)
-    n, c = X.shape[0], X.chunk_rows
-    n_full, rem = divmod(n, c)
-    carry = lax.fori_loop(0, n_full, lambda i, carry: body(carry, i * c, X.chunk(i * c, c)), carry)
-    return body(carry, n_full * c, X.chunk(n_full * c, rem)) if rem else carry
-
-
 def _all_rows(W: Weights, b: Bias | None, X, transform) -> Scores:
     """``transform(XW + b)`` for every row, (N, K); a chunked X chunk by chunk, so that the
     (N, K) result is the only N×K array."""
-    if not isinstance(X, CHUNKED):
+    if not _layouts.chunked(X):
         return transform(scores(W, b, X))
 
     def body(out, start, chunk):
         return lax.dynamic_update_slice_in_dim(out, transform(scores(W, b, chunk).astype(out.dtype)), start, 0)
 
-    return _over_chunks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
+    return _layouts.over_row_blocks(X, body, jnp.zeros((X.shape[0], W.shape[1]), accumulation_dtype(X.dtype)))
 
 
 def all_scores(W: Weights, b: Bias | None, X) -> Scores:
@@ -514,13 +457,13 @@ def all_probabilities(W: Weights, b: Bias | None, X) -> Scores:
 def all_predictions(W: Weights, b: Bias | None, X) -> jax.Array:
     """argmax (XW + b) for every row, (N,) in JAX's default integer dtype (as ``jnp.argmax``); a
     chunked X chunk by chunk, so that no N×K scores exist at once."""
-    if not isinstance(X, CHUNKED):
+    if not _layouts.chunked(X):
         return jnp.argmax(scores(W, b, X), axis=-1)
 
     def body(ids, start, chunk):
         return lax.dynamic_update_slice_in_dim(ids, jnp.argmax(scores(W, b, chunk), axis=-1), start, 0)
 
-    return _over_chunks(X, body, jnp.zeros((X.shape[0],), jax.dtypes.canonicalize_dtype(jnp.int64)))
+    return _layouts.over_row_blocks(X, body, jnp.zeros((X.shape[0],), jax.dtypes.canonicalize_dtype(jnp.int64)))
 
 
 def cached_hessian_vector(P: jax.Array, r: jax.Array, X, VW: Weights,
@@ -536,11 +479,11 @@ def cached_hessian_vector(P: jax.Array, r: jax.Array, X, VW: Weights,
         a = scores(VW, Vb, chunk)
         h = p * (a - jnp.sum(p * a, axis=-1, keepdims=True))
         h = jnp.where(rows[:, None] != 0, rows[:, None] * h, 0)
-        HW = _add_weight_gradient(HW, chunk, h.astype(chunk.dtype), 1)
+        HW = _layouts.add_transposed_product(HW, chunk, h.astype(chunk.dtype), 1)
         return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)
 
     init = (jnp.zeros(VW.shape, P.dtype), None if Vb is None else jnp.zeros(Vb.shape, P.dtype))
-    return _over_chunks(X, body, init)
+    return _layouts.over_row_blocks(X, body, init)
 
 
 def hessian_diagonal(P: jax.Array, r: jax.Array, X) -> tuple[jax.Array, jax.Array]:
@@ -553,12 +496,11 @@ def hessian_diagonal(P: jax.Array, r: jax.Array, X) -> tuple[jax.Array, jax.Arra
         size = chunk.shape[0]
         p, rows = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (P, r))
         h = jnp.where(rows[:, None] != 0, rows[:, None] * p * (1 - p), 0)
-        dW = _add_weight_gradient(dW, _sparse.squared(chunk) if isinstance(chunk, _sparse.SparseChunk)
-                                  else jnp.square(chunk), h.astype(chunk.dtype), 1)
+        dW = _layouts.add_transposed_product(dW, _layouts.squares(chunk), h.astype(chunk.dtype), 1)
         return dW, db + jnp.sum(h, axis=0)
 
     init = (jnp.zeros((X.shape[1], P.shape[1]), P.dtype), jnp.zeros(P.shape[1], P.dtype))
-    return _over_chunks(X, body, init)
+    return _layouts.over_row_blocks(X, body, init)
 
 
 def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -> Evaluation:
@@ -566,16 +508,16 @@ def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -
     layout = partition_specs(d_axis, c_axis, spec.soft)
     args = {"W": W, "b": b, "X": X, "labels": labels, "coef": coef, "lse": lse,
             "eps": jnp.asarray(eps), "zeta": jnp.asarray(zeta)}
-    sparse = isinstance(X, _sparse.SparseRows)  # laid out per device already (leading block axis)
-    args = {name: value if (name == "X" and sparse) else constrain(value, plan.mesh, layout[name])
+    per_device = _layouts.per_device(X)  # laid out per device already (leading block axis)
+    args = {name: value if (name == "X" and per_device) else constrain(value, plan.mesh, layout[name])
             for name, value in args.items() if value is not None}
     in_specs = {name: layout[name] for name in args}
-    if sparse:
+    if per_device:
         in_specs["X"] = jax.tree_util.tree_map(lambda _: P(d_axis), X)
 
     def local(a):
         start = lax.axis_index(c_axis) * a["W"].shape[1] if c_axis else 0
-        x = a["X"].local() if sparse else a["X"]
+        x = a["X"].local() if per_device else a["X"]
         ev = _evaluate_local(a["W"], a.get("b"), x, a["labels"], a["coef"], a["eps"],
                              a["zeta"], spec, plan, want, a.get("lse"), start, c_axis)
         if d_axis:  # the rows' sums over the devices holding the other rows
@@ -598,7 +540,7 @@ def _evaluate_sharded(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse) -
                          check_vma=False)(args)
 
 
-def hessian_vector(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, coef: RowValues, VW: Weights,
+def hessian_vector(W: Weights, b: Bias | None, X: Features | Layout, labels, coef: RowValues, VW: Weights,
                    Vb: Bias | None, eps, zeta, spec: LossSpec, plan: Plan) -> tuple[jax.Array, jax.Array | None]:
     r"""The Hessian of V = Σₙ cₙℓₙ applied to a direction (V_W, V_b) (``docs/derivation.md`` §8).
 
@@ -643,7 +585,7 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, c
             g = _rows.score_gradient(p, t, jnp.ones_like(c), sigma)
             h = slope * h - 2 * g * (z / cap) * a / cap
         h = jnp.where(c[:, None] != 0, c[:, None] * h, 0)  # ignored rows leave even when non-finite
-        HW = _add_weight_gradient(HW, x, h.astype(x.dtype), plan.feature_blocks)
+        HW = _layouts.add_transposed_product(HW, x, h.astype(x.dtype), plan.feature_blocks)
         return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)
 
     carry = (jnp.zeros((d, k), acc), None if b is None else jnp.zeros((k,), acc))
@@ -653,7 +595,7 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features | ChunkedX, labels, c
     def step(i, carry, size=rows):
         start = i * rows
         y, c = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (labels, coef))
-        return block(carry, row_chunk(X, start, size), y, c)
+        return block(carry, _layouts.row_block(X, start, size), y, c)
 
     carry = lax.fori_loop(0, n_full, step, carry)
     if rem:

@@ -116,6 +116,8 @@ class InPlaceRows:
         self.shape, self.shift, self.chunk_rows = tuple(shape), int(shift), int(chunk_rows)
         self.host = host
 
+    kind = "dense"  # see _layouts; its chunks are dense arrays
+
     def tree_flatten(self):
         return (self.body, self.edges), (self.shape, self.shift, self.chunk_rows)
 

@@ -17,11 +17,11 @@ indices sorted, everything checked — and :func:`chunked_rows` lays it out for 
   that Xᵀ·dZ of a chunk is again a CSR × dense product.
 
 Both products then run on the sparse CSR kernels of the platform (a CPU custom call, cuSPARSE
-or JAX's generic lowering). At the rcv1 shape Xᵀ·dZ took 161 ms gathered through the order,
-92 ms from stored transposed copies (values and row ids, 12 bytes per entry in float64) and
-469 ms as a scatter-add into dW (``benchmarks/results/sparse-products-cpu.md``): the order
-costs a Newton-CG fit about a third more time (10.0 to 13.6 s) and saves 8 of those 12 bytes,
-56 MiB (``benchmarks/results/sparse-memory-cpu.md``).
+or JAX's generic lowering). At the rcv1 shape Xᵀ·dZ gathered through the order was slower
+than from stored transposed copies (values and row ids, 12 bytes per entry in float64) and
+much faster than a scatter-add into dW (``benchmarks/results/sparse-products-cpu.md``): the
+order costs a Newton-CG fit some time and saves 8 of those 12 bytes per entry
+(``benchmarks/results/sparse-memory-cpu.md``).
 """
 
 from __future__ import annotations
@@ -197,6 +197,9 @@ class SparseRows:
         self.blocks = int(blocks)  # >1: every leaf has a leading axis of row blocks (devices)
         self.data_shift, self.indices_shift = int(data_shift), int(indices_shift)
 
+    kind = "sparse"  # see _layouts
+    per_device = True  # on a mesh, laid out with a leading axis of row blocks (``blocks``)
+
     def tree_flatten(self):
         return ((self.data, self.indices, self.indptr, self.data_head, self.indices_head, self.t_order,
                  self.t_indptr),
@@ -284,7 +287,8 @@ def _whole_window(data, indices, local):
 
 
 class SparseChunk(NamedTuple):
-    """One chunk of sparse rows: ``rows`` (size, D) and its transpose (D, size), both BCSR."""
+    """One chunk of sparse rows: ``rows`` (size, D) and its transpose (D, size), both BCSR; a
+    row block of ``_layouts``' protocol (scores, transposed product, squares)."""
 
     rows: Any  # jax.experimental.sparse.BCSR
     transposed: Any  # BCSR or None
@@ -296,6 +300,27 @@ class SparseChunk(NamedTuple):
     @property
     def shape(self) -> tuple[int, int]:
         return self.rows.shape
+
+    def scores(self, W: jax.Array) -> jax.Array:
+        """X_chunk · W, (size, K), a CSR × dense product."""
+        return self.rows @ W
+
+    def transposed_product(self, dz: jax.Array) -> jax.Array:
+        """X_chunkᵀ · dz, (D, K), a CSR × dense product with the chunk's transposed copy."""
+        return self.transposed @ dz.astype(self.dtype)
+
+    def add_transposed_product(self, gW: jax.Array, dz: jax.Array, feature_blocks: int) -> jax.Array:
+        """gW + X_chunkᵀ · dz (one product: the kernel reads only the stored entries, so
+        ``feature_blocks`` has nothing to bound)."""
+        return gW + self.transposed_product(dz).astype(gW.dtype)
+
+    def squares(self) -> SparseChunk:
+        """The chunk with every stored value squared (the same pattern): X∘X for a Hessian's
+        diagonal."""
+        jsparse = _jsparse()
+        square = lambda m: None if m is None else jsparse.BCSR(  # noqa: E731
+            (jnp.square(m.data), m.indices, m.indptr), shape=m.shape)
+        return SparseChunk(square(self.rows), square(self.transposed))
 
 
 def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: int = 1,
@@ -371,24 +396,6 @@ def _host_layout(indptr, indices, data, d: int, c: int, transposed: bool):
             t_order[first:last] = np.argsort(cols, kind="stable")
             np.cumsum(np.bincount(cols, minlength=d), out=t_indptr[i, 1:])
     return [data, indices, indptr.astype(np.int32), t_order, t_indptr], window, last_window
-
-
-def squared(chunk: SparseChunk) -> SparseChunk:
-    """The chunk with every stored value squared (the same pattern): X∘X for a Hessian's diagonal."""
-    jsparse = _jsparse()
-    square = lambda m: None if m is None else jsparse.BCSR(  # noqa: E731
-        (jnp.square(m.data), m.indices, m.indptr), shape=m.shape)
-    return SparseChunk(square(chunk.rows), square(chunk.transposed))
-
-
-def scores(chunk: SparseChunk, W: jax.Array) -> jax.Array:
-    """X_chunk · W, (size, K), a CSR × dense product."""
-    return chunk.rows @ W
-
-
-def transposed_product(chunk: SparseChunk, dz: jax.Array) -> jax.Array:
-    """X_chunkᵀ · dz, (D, K), a CSR × dense product with the chunk's transposed copy."""
-    return chunk.transposed @ dz.astype(chunk.dtype)
 
 
 def column_moments(X) -> tuple[np.ndarray, np.ndarray]:

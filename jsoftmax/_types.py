@@ -39,6 +39,10 @@ class Params(NamedTuple):
     b: jax.Array | None = None
 
 
+Params.W.__doc__ = "Weights of shape (D, K); column k scores class k."
+Params.b.__doc__ = "Bias of shape (K,), or None for a model without one (it is not penalised)."
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
     """What the loss is. Every field changes the compiled program, so each is static.

@@ -425,7 +425,7 @@ _SOFT_ROW_SUM_TOL = {2: 2e-2, 4: 1e-4, 8: 1e-6}  # by itemsize: 16-bit, float32,
 
 
 # Inputs up to this size on a CPU are checked by NumPy where they lie: a summary program would
-# cost more to load and dispatch (a few ms in a fresh process, 0.3 ms warm) than to read them.
+# cost more to load and dispatch (in a fresh process, and even warm) than to read them.
 HOST_CHECK_BYTES = 4 * 2**20
 
 

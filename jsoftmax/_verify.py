@@ -172,11 +172,11 @@ def check_gradient(
     Returns:
       A :class:`GradientReport`; ``str(report)`` is a table, ``report.to_dict()`` a dict.
     """
-    sparse = _sparse.is_sparse(X)
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
                                        softcap=softcap)
     W, b, layout, labels, sample_weight, soft = problem
+    sparse = _api.layout_kind(layout) == "sparse"
     dense_X = jnp.asarray(_sparse.as_csr(X).to_dense()) if sparse else None
     X = layout if dense_X is None else dense_X
     dtype_name = jnp.dtype(X.dtype).name

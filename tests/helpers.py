@@ -88,3 +88,12 @@ class CompileCounter:
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def distributed_data() -> tuple[np.ndarray, np.ndarray]:
+    """The 2-process run's rows (``workers/distributed_worker.py``), for the one-process fit
+    it is compared with."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((96, 5)).astype(np.float32)
+    y = rng.integers(0, 4, 96).astype(np.int32)
+    return X, y

@@ -5,7 +5,7 @@ A run is named by a fingerprint of everything that changes its objective or its 
 smoothing, ``ignore_index``, batch size, seed, patience, the params' shapes and dtype, the solver,
 an optax transformation by what its functions close over). Its files carry the fingerprint's
 first 16 hex digits, so runs sharing a folder never prune or resume each other's
-(``jsoftmax._checkpoint``).
+(``jsoftmax.io.files``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .. import _checkpoint
+from ..io import files
 
 
 class RunCheckpoints(NamedTuple):
@@ -30,29 +30,29 @@ class RunCheckpoints(NamedTuple):
         """The checkpoints of the run these inputs and options define."""
         arrays = (data.X, data.labels, data.sample_weight) + (() if data.affine is None else tuple(data.affine))
         arrays += () if validation is None else (validation.X, validation.labels)
-        fingerprint = _checkpoint.fingerprint(arrays, {
-            "l2": _checkpoint.describe(data.l2), "label_smoothing": _checkpoint.describe(data.smoothing),
+        fingerprint = files.fingerprint(arrays, {
+            "l2": files.describe(data.l2), "label_smoothing": files.describe(data.smoothing),
             "ignore_index": ignore_index, "batch_size": batch_size,
             "seed": seed if batch_size is not None else None, "patience": patience,
             "params": [list(params.W.shape), None if params.b is None else list(params.b.shape),
                        jnp.dtype(params.W.dtype).name],
-            "solver": solver, "optimizer": None if optimizer is None else _checkpoint.describe(optimizer),
+            "solver": solver, "optimizer": None if optimizer is None else files.describe(optimizer),
             "standardized": data.affine is not None, "validation": validation is not None})
         return cls(folder, every, fingerprint)
 
     def save(self, step: int, state, meta: dict) -> None:
-        _checkpoint.save_checkpoint(self.folder, step, state, dict(meta, fingerprint=self.fingerprint),
-                                    run=_checkpoint.run_id(self.fingerprint))
+        files.save_checkpoint(self.folder, step, state, dict(meta, fingerprint=self.fingerprint),
+                                    run=files.run_id(self.fingerprint))
 
     def resume(self, like):
         """This run's newest checkpoint: its state (in the structure of ``like``) and metadata."""
-        loaded = _checkpoint.load_latest_checkpoint(self.folder, like, run=_checkpoint.run_id(self.fingerprint),
+        loaded = files.load_latest_checkpoint(self.folder, like, run=files.run_id(self.fingerprint),
                                                     fingerprint=self.fingerprint)
         if loaded is None:
             raise FileNotFoundError(f"`resume=True`: no checkpoint found in {self.folder}")
         tree, meta = loaded
         if meta.get("fingerprint") != self.fingerprint:  # (a 64-bit prefix shared by chance)
-            raise _checkpoint.CheckpointMismatchError(
+            raise files.CheckpointMismatchError(
                 f"the checkpoint in {self.folder} was written for other data or options: resuming "
                 "would continue a different problem. Use another folder, or resume=False.")
         return jax.tree_util.tree_map(jnp.asarray, tree), meta

@@ -207,7 +207,7 @@ def fit(
 
 def _check_layout(X, options: FitOptions, mesh, data_axis) -> None:
     """What a layout of X does not support, refused before anything runs."""
-    if _api.is_sparse_layout(X):
+    if _api.layout_kind(X) == "sparse":
         if options.batch_size is not None:
             raise ValueError("`batch_size` (minibatches) is not supported for sparse X; use a "
                              "full-batch solver ('lbfgs', 'newton-cg') or an optax optimizer without it.")

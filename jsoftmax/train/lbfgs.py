@@ -2,7 +2,8 @@
 
 optax.lbfgs is a GradientTransformation with a zoom line search (strong Wolfe conditions):
 general, but it spends about two evaluations of the value and gradient per iteration here and
-~90 µs of bookkeeping per step on small problems. For this smooth, convex objective a
+more bookkeeping per step than the evaluation itself on small problems
+(``benchmarks/results/fit-cpu.md``). For this smooth, convex objective a
 backtracking (Armijo) line search that tries the quasi-Newton step first is accepted at t = 1
 almost always: one evaluation per iteration, as scipy's L-BFGS-B (scikit-learn's solver)
 manages. Curvature pairs with sᵀy ≤ 0 are skipped, which keeps the inverse-Hessian estimate

@@ -117,11 +117,11 @@ def fit_many(
             raise ValueError(f"`feature_means`/`feature_scales` must be ({m}, {d}) finite, scales positive.")
         acc = accumulation_dtype(problem.X.dtype)
         means, scales = np.asarray(means, acc), np.asarray(1.0 / scales, acc)
-    if not _api.is_sparse_layout(problem.X):  # (a sparse X is laid out by its plan already)
+    if not _api.fixed_chunks(problem.X):  # (a sparse X is laid out by its plan already)
         # Under vmap the M models' scores of a chunk are live together, as one (rows, M·K) block:
-        # plan the chunk for M·K classes. Planned for K, 5 models of 50000×128×20 ran 1.7× the
-        # stacked products' floor (the (rows, M, K) ↔ (M, rows, K) relayouts left the cache); for
-        # M·K, at it (`python -m benchmarks.search_chunks`).
+        # plan the chunk for M·K classes. Planned for K, the models ran well above the stacked
+        # products' floor (the (rows, M, K) ↔ (M, rows, K) relayouts left the cache); for M·K,
+        # at it (`benchmarks/results/search-chunks-cpu.md`).
         plan = _api.plan_rows(plan, problem.X.shape[0], problem.X.shape[1], W.shape[2],
                               np.dtype(problem.X.dtype).itemsize, classes=W.shape[2] * m)
     acc = accumulation_dtype(problem.W.dtype)

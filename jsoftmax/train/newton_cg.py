@@ -35,7 +35,7 @@ ETA0, ETA1, ETA2 = 1e-4, 0.25, 0.75
 SIGMA1, SIGMA2, SIGMA3 = 0.25, 0.5, 4.0
 CG_TOLERANCE = 0.1  # relative residual at which CG stops
 CURVATURE_BYTES = 256 * 2**20  # keep N×K probabilities across CG steps up to this size
-# The diagonal preconditioner: where it runs and its mix α (measured; see _rules.json).
+# The diagonal preconditioner: where it runs and its mix α (see _rules.json and its source).
 PRECONDITION = _api.rule("newton_preconditioner")
 
 
@@ -165,7 +165,7 @@ def _hvp_maker(data, spec, plan):
         if keep:
             P, r = _api.curvature(raw, X, data.labels, data.sample_weight, data.smoothing, spec)
             loss_hvp = lambda V: _api.cached_hvp(P, r, X, V)  # noqa: E731
-            if PRECONDITION["sparse" if _api.is_sparse_layout(X) else "dense"]:
+            if PRECONDITION[_api.layout_kind(X)]:
                 inverse = _preconditioner(P, r, X, data.affine, data.l2, params)
         else:
             loss_hvp = lambda V: _api.objective_hvp(raw, V, X, data.labels, data.sample_weight, 0.0,  # noqa: E731

@@ -9,11 +9,12 @@ import optax
 from . import lbfgs, newton_cg, optax_solver
 from .objective import Solver
 
-SOLVERS: dict[str, Solver] = {
-    "lbfgs": lbfgs.SOLVER,
-    "newton-cg": newton_cg.SOLVER,
-}
-DEFAULT = "lbfgs"
+# Each solver's name is spelled once, in its own file (its SOLVER record).
+SOLVERS: dict[str, Solver] = {solver.name: solver for solver in (
+    lbfgs.SOLVER,
+    newton_cg.SOLVER,
+)}
+DEFAULT = lbfgs.SOLVER.name
 
 
 def get(name: str) -> Solver:

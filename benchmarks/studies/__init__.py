@@ -1,0 +1,1 @@
+"""Studies: the measurements behind the rules in ``jsoftmax/_rules.json`` and the library's design choices, each ``python -m benchmarks.studies.<name>`` writing ``benchmarks/results/<name>-<platform>.md``."""

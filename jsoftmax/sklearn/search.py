@@ -1,0 +1,310 @@
+"""``SoftmaxRegressionCV``: a C × fold search fitted with :func:`jsoftmax.fit_many`.
+
+scikit-learn's ``LogisticRegressionCV`` interface. The folds are row weights over one X (no
+copy of X per fold) and are fitted together, one ``vmap``-ed solve per C; the Cs are taken in
+the given order, each fold warm-started from its solution at the previous C — the path that
+makes scikit-learn's search cheap, kept here — so each compiled solve needs few iterations.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from sklearn.metrics import accuracy_score, get_scorer, make_scorer
+from sklearn.model_selection import check_cv
+from sklearn.utils import metadata_routing
+from sklearn.utils.metadata_routing import (MetadataRouter, MethodMapping, _raise_for_params,
+                                            _routing_enabled, process_routing)
+from sklearn.utils.validation import _check_method_params, check_is_fitted
+
+from .._compat import enable_x64
+from .._types import Params
+from ..io.model_files import public_coefficients
+from ..train import fit_many
+from . import constraints
+from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SoftmaxClassifier, as_dtype, coefficient_dtype,
+                     column_moments, fit_data, penalty_strength, training_weights)
+from .estimator import SoftmaxRegression
+
+CV_SOLVERS = FULL_BATCH_SOLVERS  # the full-batch solvers fit_many vmaps
+
+
+# Rows of a fold's test set scored at a time (a copy of at most this much of X).
+SCORE_BLOCK_BYTES = 4 * 2**20
+
+
+def _predict_by_blocks(models: list, X, rows: np.ndarray) -> list[np.ndarray]:
+    """Each model's predictions on ``X[rows]``, taken in blocks of rows: the memory of one block
+    (not a copy of the whole test set), each row's product computed once per model. A short
+    last block is padded to the others' size (its first row repeated, predictions dropped), so
+    that every block has one shape: one compiled program."""
+    rows = np.asarray(rows)
+    n = len(rows)
+    step = max(1, SCORE_BLOCK_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
+    if n <= step:
+        step = n
+    parts: list[list[np.ndarray]] = [[] for _ in models]
+    for start in range(0, n, step):
+        index = rows[start:start + step]
+        block = X[np.concatenate([index, np.full(step - len(index), index[0])])]
+        for part, model in zip(parts, models):
+            part.append(model.predict(block)[:len(index)])
+    return [np.concatenate(part) for part in parts]
+
+
+def _with_labels(scorer, classes: np.ndarray):
+    """``scorer`` told every class (``labels=``, and the positive class of a binary problem),
+    when its metric takes them: a fold's test rows may lack a class (scikit-learn does the same
+    in ``_log_reg_scoring_path``)."""
+    function = getattr(scorer, "_score_func", None)
+    parameters = inspect.signature(function).parameters if function is not None else {}
+    if "labels" not in parameters:
+        return scorer
+    extra = {"pos_label": classes[-1]} if len(classes) == 2 and "pos_label" in parameters else {}
+    return make_scorer(function, greater_is_better=scorer._sign == 1, response_method=scorer._response_method,
+                       labels=classes, **extra, **getattr(scorer, "_kwargs", {}))
+
+
+class SoftmaxRegressionCV(SoftmaxClassifier):
+    """Multinomial logistic regression with C chosen by cross-validation, every (C, fold) model
+    fitted in compiled, vmapped solves.
+
+    Args:
+      Cs: number of C values on a log grid between 1e-4 and 1e4 (as scikit-learn), or a list.
+      cv: folds: an int (stratified k-fold), a splitter, or an iterable of (train, test).
+      scoring: a scikit-learn scorer name or callable; default accuracy.
+      refit: refit on all the data at the best C (warm-started from the folds' mean), else
+        average the folds' coefficients at the best C.
+      fit_intercept, class_weight, max_iter, tol, standardize, dtype: as in
+        :class:`SoftmaxRegression` (``standardize`` uses each fold's own training statistics).
+      solver: "lbfgs" (default; jsoftmax's lean L-BFGS) or "newton-cg". On the search
+        benchmark the vmapped folds were fastest with the lean L-BFGS, then Newton-CG; optax's
+        L-BFGS, whose zoom line searches batched over the folds wait for the slowest, was far
+        behind (``benchmarks/results/search-cpu.md``).
+
+    Attributes (scikit-learn's): ``Cs_``, ``C_`` (one per class, all equal: the model is
+    multinomial; one for a binary problem), ``scores_`` and ``coefs_paths_`` (dicts keyed by class — by the positive
+    class alone for a binary problem — of (n_folds, n_Cs) scores, the same for every class,
+    and (n_folds, n_Cs, n_features [+ 1]) coefficient paths of that class),
+    ``n_iter_`` (1, n_folds, n_Cs), ``coef_``, ``intercept_``, ``classes_``,
+    ``n_features_in_``; and ``best_estimator_``, the refitted :class:`SoftmaxRegression`.
+    """
+
+    # ``score`` takes ``sample_weight`` for its scorer, as LogisticRegressionCV's (routing).
+    __metadata_request__score = {"sample_weight": metadata_routing.UNUSED}
+
+    def __init__(self, Cs: int | list = 10, *, cv: Any = None, scoring: Any = None, refit: bool = True,
+                 fit_intercept: bool = True, class_weight: dict | str | None = None, max_iter: int = 100,
+                 tol: float = 1e-4, solver: str = "lbfgs", standardize: bool = False,
+                 dtype: str = "float64"):
+        self.Cs = Cs
+        self.cv = cv
+        self.scoring = scoring
+        self.refit = refit
+        self.fit_intercept = fit_intercept
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.tol = tol
+        self.solver = solver
+        self.standardize = standardize
+        self.dtype = dtype
+
+    _parameter_constraints = {
+        "solver": constraints.options(*CV_SOLVERS, message="unknown solver {value!r}; choose one of "
+                                      + ", ".join(CV_SOLVERS) + "."),
+        "refit": constraints.boolean(),
+        **SHARED_CONSTRAINTS,
+    }
+
+    def _grid(self) -> np.ndarray:
+        Cs = self.Cs
+        if isinstance(Cs, numbers.Integral) and not isinstance(Cs, bool):
+            if Cs < 1:
+                raise ValueError(f"`Cs` must be a positive int or a list of positive numbers; got {Cs}.")
+            return np.logspace(-4, 4, int(Cs))
+        try:
+            grid = np.asarray(Cs, np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"`Cs` must be a positive int or a list of positive numbers; got {Cs!r}.") from None
+        if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+            raise ValueError(f"`Cs` must be a non-empty list of positive finite numbers; got {Cs!r}.")
+        return grid
+
+    def _folds(self, X, y, split_params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        cv = 5 if self.cv is None else self.cv
+        if isinstance(cv, numbers.Integral) and not isinstance(cv, bool) and not 2 <= cv <= len(y):
+            raise ValueError(f"`cv`={cv} folds need 2 ≤ cv ≤ the number of samples ({len(y)}).")
+        folds = [(np.asarray(train), np.asarray(test)) for train, test in
+                 check_cv(cv, y, classifier=True).split(X, y, **split_params)]
+        for i, (train, test) in enumerate(folds):
+            if len(train) == 0 or len(test) == 0:
+                raise ValueError(f"`cv` fold {i} has an empty {'training' if len(train) == 0 else 'test'} set.")
+        # A fold whose training rows lack a class is fitted like scikit-learn fits it: over all
+        # the classes, the missing ones held back by the penalty alone.
+        return folds
+
+    def _get_scorer(self):
+        """The scorer of ``scoring`` (accuracy by default), as scikit-learn's."""
+        return get_scorer(self.scoring if self.scoring is not None else "accuracy")
+
+    def get_metadata_routing(self):
+        """Metadata routing, as ``LogisticRegressionCV``'s: ``fit`` routes to the splitter's
+        ``split`` and the scorer's ``score``; ``score`` to the scorer."""
+        return (MetadataRouter(owner=self).add_self_request(self)
+                .add(splitter=check_cv(self.cv), method_mapping=MethodMapping().add(caller="fit", callee="split"))
+                .add(scorer=self._get_scorer(), method_mapping=MethodMapping().add(caller="score", callee="score")
+                     .add(caller="fit", callee="score")))
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, **score_params) -> float:
+        """The ``scoring`` option's score of the fitted model on (X, y), as scikit-learn's
+        ``LogisticRegressionCV.score`` (``sample_weight`` and routed metadata reach the scorer)."""
+        _raise_for_params(score_params, self, "score")
+        if sample_weight is not None:
+            score_params["sample_weight"] = sample_weight
+        if _routing_enabled():
+            params = process_routing(self, "score", **score_params).scorer.score
+        else:
+            params = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return self._get_scorer()(self, X, y, **params)
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None, **params) -> SoftmaxRegressionCV:
+        """Search C over the folds, then refit; returns self. ``params`` are routed to the
+        splitter and the scorer (scikit-learn's metadata routing, when enabled)."""
+        _raise_for_params(params, self, "fit")
+        self._check_params()
+        grid = self._grid()
+        out_dtype = coefficient_dtype(X)
+        X, y, classes, y_ids = fit_data(self, X, y, min_samples=2)
+        if _routing_enabled():
+            routed = process_routing(self, "fit", sample_weight=sample_weight, **params)
+            split_params, score_params = routed.splitter.split, routed.scorer.score
+        else:
+            split_params, score_params = {}, ({} if sample_weight is None else {"sample_weight": sample_weight})
+        folds = self._folds(X, y, split_params)
+        base, total = training_weights(self.class_weight, sample_weight, X, y, classes, y_ids)
+        unit = total / float(np.sum(base))  # what a weight of 1 in `base` weighs
+        n, d = X.shape
+        k = len(classes)
+        weights = np.zeros((len(folds), n))
+        for i, (train, _) in enumerate(folds):
+            weights[i, train] = base[train]
+        # Each fold's penalty in the scaled form, λ = 1/(C·Σs) (see penalty_strength), from its
+        # own training weights; a fold whose training rows all weigh 0 is the penalty alone,
+        # whose minimum W = 0 any λ > 0 finds.
+        totals = weights.sum(axis=1) * unit
+        totals = np.where(totals > 0, totals, 1.0)
+        peaks = weights.max(axis=1)  # each fold's weights divided by their largest (float32, tiny)
+        weights = weights / np.where(peaks > 0, peaks, 1.0)[:, None]
+        means = scales = None
+        if self.standardize:
+            moments = [column_moments(X, rows=np.isin(np.arange(n), train)) for train, _ in folds]
+            means = np.stack([m for m, _ in moments])
+            scales = np.stack([np.where(s > 0, s, 1.0) for _, s in moments])
+        n_folds, n_cs = len(folds), len(grid)
+        paths = np.zeros((n_folds, n_cs, d, k))
+        biases = np.zeros((n_folds, n_cs, k))
+        scores = np.zeros((n_folds, n_cs))
+        iterations = np.zeros((n_folds, n_cs), np.int32)
+        with enable_x64(self.dtype == "float64"):
+            dtype = jnp.dtype(self.dtype)
+            # A dense X in the fits' dtype, read in place by fit_many when large (no device copy).
+            X_device = as_dtype(X, dtype)
+            # NumPy inputs: no eager JAX conversions to compile (fit_many's program is stored, _aot).
+            labels = np.asarray(y_ids, np.int32)
+            W = np.zeros((n_folds, d, k), dtype)
+            b = np.zeros((n_folds, k), dtype) if self.fit_intercept else None
+            fold_weights = np.asarray(weights, dtype)
+            for j, C in enumerate(grid):  # warm-started along the path, folds in parallel
+                l2 = [penalty_strength(C, total, k, self.dtype) for total in totals]
+                result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
+                                  l2=np.asarray(l2, dtype), solver=self.solver, tol=float(self.tol),
+                                  max_iter=int(self.max_iter), feature_means=means, feature_scales=scales)
+                W, b = result.params.W, result.params.b
+                paths[:, j] = np.asarray(W, np.float64)
+                if b is not None:
+                    biases[:, j] = np.asarray(b, np.float64)
+                iterations[:, j] = result.n_iter
+        for i, (_, test) in enumerate(folds):
+            models = [self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes, d,
+                                   None if means is None else means[i], None if scales is None else scales[i])
+                      for j, C in enumerate(grid)]
+            if self.scoring is None and set(score_params) <= {"sample_weight"}:
+                # accuracy, as model.score(X[test], ...), but never a whole copy of X[test]
+                predicted = _predict_by_blocks(models, X, test)
+                weight = score_params.get("sample_weight")
+                weight = None if weight is None else np.asarray(weight)[test]
+                scores[i] = [accuracy_score(y[test], p, sample_weight=weight) for p in predicted]
+            else:
+                scorer = _with_labels(self._get_scorer(), classes)
+                fold_params = _check_method_params(X, params=score_params, indices=test)
+                X_test, y_test = X[test], y[test]
+                scores[i] = [scorer(model, X_test, y_test, **fold_params) for model in models]
+        self.Cs_, self.classes_ = grid, classes
+        if self.refit:
+            best = int(np.argmax(scores.sum(axis=0)))
+            C_best = grid[best]
+            mean_W, mean_b = paths[:, best].mean(axis=0), biases[:, best].mean(axis=0)
+        else:  # scikit-learn's: each fold's own best C; their coefficients and Cs averaged
+            best_per_fold = np.argmax(scores, axis=1)
+            C_best = float(np.mean(grid[best_per_fold]))
+            mean_W = np.mean([paths[i, j] for i, j in enumerate(best_per_fold)], axis=0)
+            mean_b = np.mean([biases[i, j] for i, j in enumerate(best_per_fold)], axis=0)
+        self.C_ = np.full(1 if k == 2 else k, C_best)  # scikit-learn: one per class, one if binary
+        intercept_column = biases[..., None, :] if self.fit_intercept else np.zeros((n_folds, n_cs, 0, k))
+        full = np.concatenate([paths, intercept_column], axis=2).transpose(0, 1, 3, 2)  # (F, C, K, D+1)
+        if k == 2:  # scikit-learn's binomial layout: one key, the positive class, w₁ − w₀
+            self.scores_ = {classes[1]: scores}
+            self.coefs_paths_ = {classes[1]: full[:, :, 1] - full[:, :, 0]}
+        else:
+            self.scores_ = {c: scores for c in classes}
+            self.coefs_paths_ = {c: full[:, :, i] for i, c in enumerate(classes)}
+        self.n_iter_ = iterations[None]
+        if self.refit:
+            final = self._template(C_best).set_params(warm_start=True)
+            final.classes_ = classes
+            final.coef_, final.intercept_ = public_coefficients(mean_W, mean_b if self.fit_intercept else None)
+            final.fit(X, y, sample_weight=sample_weight)
+            final.warm_start = False
+        else:
+            m_mean = None if means is None else means.mean(axis=0)
+            m_scale = None if scales is None else scales.mean(axis=0)
+            final = self._fitted(C_best, mean_W, mean_b if self.fit_intercept else None, classes, d,
+                                 m_mean, m_scale)
+        final.coef_, final.intercept_ = final.coef_.astype(out_dtype), final.intercept_.astype(out_dtype)
+        self.best_estimator_ = final
+        self.coef_, self.intercept_ = final.coef_, final.intercept_
+        return self
+
+    def _template(self, C: float) -> SoftmaxRegression:
+        return SoftmaxRegression(C=C, fit_intercept=self.fit_intercept, class_weight=self.class_weight,
+                                 max_iter=self.max_iter, tol=self.tol, solver=self.solver,
+                                 standardize=self.standardize, dtype=self.dtype)
+
+    def _fitted(self, C, W, b, classes, d, mean, scale) -> SoftmaxRegression:
+        """A :class:`SoftmaxRegression` holding given coefficients (for scoring a fold)."""
+        model = self._template(C)
+        model.classes_, model.n_features_in_ = classes, d
+        model.coef_, model.intercept_ = public_coefficients(W, b)
+        if self.standardize:
+            model.mean_, model.scale_ = mean, scale
+        return model
+
+    def _final(self) -> SoftmaxRegression:
+        check_is_fitted(self)
+        return self.best_estimator_
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self._final().decision_function(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self._final().predict_proba(X)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        return self._final().predict_log_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._final().predict(X)

@@ -1,0 +1,50 @@
+"""One process of a 2-process jax.distributed run (started by tests/op/test_sharding.py).
+
+    python tests/workers/distributed_worker.py PROCESS_ID PORT OUT.npz
+
+Each process owns one CPU device and feeds only its own half of the rows; the mesh spans both
+processes and collectives go over loopback with gloo. Process 0 writes the fitted W.
+"""
+
+import sys
+
+import jax
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_platforms", "cpu")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import jsoftmax  # noqa: E402
+
+
+from tests.helpers import distributed_data as data  # noqa: E402 (the rows the test compares with)
+
+
+def main():
+    process_id, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id, initialization_timeout=60)
+    assert jax.process_count() == 2 and len(jax.devices()) == 2
+    mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    X, y = data()
+    half = slice(process_id * 48, (process_id + 1) * 48)  # this process's rows only
+    X_global = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data", None)), X[half])
+    y_global = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), y[half])
+    start = jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4))
+    result = jsoftmax.fit(start, X_global, y_global, optax.lbfgs(), l2=0.05, max_iter=40, tol=0.0,
+                          mesh=mesh, data_axis="data")
+    W = np.asarray(jax.experimental.multihost_utils.process_allgather(result.params.W, tiled=True))
+    if process_id == 0:
+        np.savez(out, W=W, n_iter=result.n_iter)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    import jax.experimental.multihost_utils  # noqa: F401
+
+    main()
