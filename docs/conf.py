@@ -67,5 +67,39 @@ def _benchmark_pages(app) -> None:
     (out / "results.md").write_text("\n".join(lines))
 
 
+def _run_and_capture(function) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        function()
+    return out.getvalue()
+
+
+def _example_outputs(app) -> None:
+    """docs/_generated/: the outputs the pages show, made by the very commands and cells they
+    show, so that they cannot go stale: ``jsoftmax verify --problem 16x5x3 -v``, and the
+    tutorial's report of a gradient without its 1/N (its cells run in order up to that one)."""
+    import re
+
+    from jsoftmax import cli
+
+    out = Path(app.srcdir) / "_generated"
+    out.mkdir(exist_ok=True)
+    text = _run_and_capture(lambda: cli.main(["verify", "--problem", "16x5x3", "-v"]))
+    (out / "verify-problem.txt").write_text("$ jsoftmax verify --problem 16x5x3 -v\n" + text)
+    blocks = re.findall(r"```python\n(.*?)```", (Path(app.srcdir) / "tutorial.md").read_text(), flags=re.S)
+    namespace: dict = {}
+    for index, block in enumerate(blocks):
+        text = _run_and_capture(lambda: exec(compile(block, f"tutorial.md block {index}", "exec"), namespace))
+        if "gradient_without_the_average" in block:
+            (out / "tutorial-mistake.txt").write_text(text)
+            break
+    else:
+        raise RuntimeError("tutorial.md: no cell breaks the average")
+
+
 def setup(app):
     app.connect("builder-inited", _benchmark_pages)
+    app.connect("builder-inited", _example_outputs)

@@ -1,7 +1,20 @@
-"""Step-by-step verification of the derivation (``docs/derivation.md``) against autodiff.
+r"""Step-by-step verification of the derivation (``docs/derivation.md``) against autodiff.
 
-Every comparison is made against a float64 reference computed in a scoped x64 context, so a
-float32 or bfloat16 result is measured against the exact answer, not against itself.
+The report follows the derivation's four steps and names them the same way:
+
+* step 1 (§2): the softmax Jacobian :math:`\partial\hat y/\partial z = \mathrm{diag}(\hat y) - \hat y\hat y^\top`;
+* step 2 (§3): one sample's score gradient :math:`\partial\ell/\partial z = \hat y\,\Sigma t - t`;
+* step 3 (§4): one sample's weight gradient :math:`\partial\ell_n/\partial W = x_n\,dz_n^\top`;
+* step 4 (§4): the average, :math:`\partial R/\partial W = X^\top(\hat Y - Y)/N` (and b, X), with
+  the risk itself and central finite differences;
+
+and beyond the four steps, §8: the Hessian applied to a direction. Each row compares
+jsoftmax's value — or, with ``jacobian_fn``/``score_grad_fn``/``grad_fn``, the caller's own
+function — against a float64 reference computed in a scoped x64 context (autodiff of a plain
+definition), so a float32 or bfloat16 result is judged against the exact answer, not against
+itself. A row keeps both arrays; a failing row says where the largest difference sits and,
+when the difference has a recognisable shape (a factor N, a flipped sign, a missing −ŷŷᵀ), what
+it looks like.
 """
 
 from __future__ import annotations
@@ -9,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -16,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _api, _engine, _sparse
+from . import _aot, _api, _engine, _sparse
 from ._compat import enable_x64
 from ._reference import reference_risk, reference_row_loss, reference_targets
 from ._types import Features, Labels, Params, Plan, RowValues, Want, Weights
@@ -32,25 +46,100 @@ FD_TOLERANCES = {
     "bfloat16": (2e-2, 2e-2),
     "float16": (2e-2, 2e-2),
 }
+# The derivation's section of each step (docs/derivation.md).
+SECTIONS = {"1": "§2", "2": "§3", "3": "§4", "4": "§4", "": "§8"}
+
+LEGEND = """\
+Symbols (docs/derivation.md):
+  X (N×D) features, W (D×K) weights, b (K) bias; Z = XW + b the scores, one row z per sample
+  Ŷ = softmax(Z) row-wise, ŷ one row of it; with a soft-cap c, Ŷ = softmax(c·tanh(Z/c))
+  Y the labels as rows (one-hot for class ids, or probability rows); T the targets:
+    Y, or with label smoothing ε: T = (1 − ε)Y + ε/K; t one row of T
+  N the number of rows; s the sample weights, 0 on ignored rows (Σs their sum; diag(s)
+    multiplies row n by sₙ)
+  λ the L2 strength (l2); c the soft-cap; ∘ the entrywise product; 1 a column of ones
+  V = (V_W, V_b) a random direction, A = XV_W + 1V_bᵀ the scores' change along it
+  step 3 is one sample's gradient x dzᵀ (dz its step-2 gradient); step 4 averages them
+Columns:
+  max abs err  max |value − reference|
+  rel err      ‖value − reference‖ / ‖reference‖ (Frobenius)
+  scaled err   ‖value − reference‖ / max(‖reference‖, the norm of the magnitudes it sums)
+               (finite differences: max|value − fd| / max|fd|)
+  of tol       the judged error as a fraction of what is allowed: a row passes at ≤ 1"""
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckRow:
-    """One comparison: an analytic quantity against its autodiff or numerical reference."""
+    """One comparison: a value against its reference, for one step of the derivation.
+
+    ``step`` is the derivation's step ("1"–"4", or "" for a check beyond them, the Hessian of
+    §8) and ``section`` its section; ``quantity`` is the formula checked, as the problem's
+    options make it; ``against`` says what the reference is. ``value`` and ``reference`` keep
+    the two arrays (None where a row compares a scalar), with ``axes`` naming their indices;
+    :meth:`largest_differences` lists where they differ most. ``hint`` describes a failing
+    difference of a recognisable shape.
+    """
 
     step: str
+    section: str
     quantity: str
-    reference: str
+    against: str
     max_abs_error: float
-    rel_error: float  # ||analytic - reference|| / ||reference|| (Frobenius)
-    scaled_error: float  # ||analytic - reference|| / max(||reference||, term scale); judged
+    rel_error: float
+    scaled_error: float
+    of_tolerance: float
     tolerance: str
     passed: bool
+    value: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    reference: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    axes: tuple[str, ...] = ()
+    hint: str = ""
+
+    @property
+    def name(self) -> str:
+        """The quantity's name without its formula (``"dR/dW"``)."""
+        return self.quantity.split(" = ")[0].split(" (")[0]
+
+    def largest_differences(self, count: int = 5) -> list[dict[str, Any]]:
+        """The ``count`` entries where ``value`` and ``reference`` differ most: each a dict of
+        ``index`` (a tuple), ``at`` (the index in words), ``value``, ``reference``,
+        ``difference``."""
+        if self.value is None or self.reference is None or np.shape(self.value) != np.shape(self.reference):
+            return []
+        value, reference = np.asarray(self.value, np.float64), np.asarray(self.reference, np.float64)
+        gap = np.abs(value - reference).ravel()
+        out = []
+        for flat in np.argsort(-gap, kind="stable")[:count]:
+            index = tuple(int(i) for i in np.unravel_index(flat, value.shape))
+            out.append({"index": index, "at": self._at(index), "value": float(value[index]),
+                        "reference": float(reference[index]), "difference": float(value[index] - reference[index])})
+        return out
+
+    def _at(self, index: tuple[int, ...]) -> str:
+        if len(self.axes) != len(index):
+            return str(list(index))
+        return ", ".join(f"{axis} {i}" for axis, i in zip(self.axes, index))
+
+    def where(self) -> str:
+        """Where the largest difference sits, in words (empty when the row holds no arrays)."""
+        top = self.largest_differences(1)
+        if not top:
+            return ""
+        t = top[0]
+        return (f"largest difference at {t['at']}: {t['value']:.6g} against {t['reference']:.6g} "
+                f"(difference {t['difference']:.3g})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row without its arrays (JSON-serialisable)."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("value", "reference")}
+        row["axes"] = list(self.axes)
+        return row
 
 
 @dataclasses.dataclass(frozen=True)
 class GradientReport:
-    """Result of :func:`check_gradient`: one :class:`CheckRow` per step of the derivation."""
+    """Result of :func:`check_gradient`: one :class:`CheckRow` per check, in the derivation's
+    order; ``str(report)`` is a table followed by what each failing row found."""
 
     problem: dict[str, Any]
     rows: tuple[CheckRow, ...]
@@ -59,41 +148,58 @@ class GradientReport:
     def passed(self) -> bool:
         return all(row.passed for row in self.rows)
 
+    @property
+    def failed(self) -> tuple[CheckRow, ...]:
+        return tuple(row for row in self.rows if not row.passed)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "problem": dict(self.problem),
             "passed": self.passed,
-            "rows": [dataclasses.asdict(row) for row in self.rows],
+            "rows": [row.to_dict() for row in self.rows],
         }
+
+    def legend(self) -> str:
+        """What every symbol and column of the table means."""
+        return LEGEND
 
     def __str__(self) -> str:
         header = ", ".join(f"{k}={v}" for k, v in self.problem.items())
-        return header + "\n" + format_table([dataclasses.asdict(r) for r in self.rows])
+        lines = [header, format_table([row.to_dict() for row in self.rows])]
+        for row in self.failed:
+            label = f"step {row.step} ({row.section})" if row.step else row.section
+            found = "; ".join(part for part in (row.where(), row.hint) if part)
+            lines.append(f"FAIL {label} {row.quantity} against {row.against}" + (f": {found}" if found else ""))
+        return "\n".join(lines)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width table of CheckRow dicts."""
+    """Fixed-width table of CheckRow dicts (``CheckRow.to_dict()`` or ``summarise``'s rows)."""
     columns = [
         ("step", "step", "{}"),
         ("quantity", "quantity", "{}"),
-        ("reference", "reference", "{}"),
+        ("against", "against", "{}"),
         ("dtype", "dtype", "{}"),
         ("problems", "problems", "{}"),
         ("max_abs_error", "max abs err", "{:.2e}"),
         ("rel_error", "rel err", "{:.2e}"),
         ("scaled_error", "scaled err", "{:.2e}"),
+        ("of_tolerance", "of tol", "{:.2g}"),
         ("tolerance", "tolerance", "{}"),
         ("passed", "ok", "{}"),
     ]
     columns = [c for c in columns if all(c[0] in row for row in rows)]
     cells = [[title for _, title, _ in columns]]
     for row in rows:
-        cells.append(
-            [
-                ("PASS" if row[key] else "FAIL") if key == "passed" else fmt.format(row[key])
-                for key, _, fmt in columns
-            ]
-        )
+        line = []
+        for key, _, fmt in columns:
+            if key == "passed":
+                line.append("PASS" if row[key] else "FAIL")
+            elif key == "step":
+                line.append(f"{row['step']} {row['section']}" if row["step"] else row["section"])
+            else:
+                line.append(fmt.format(row[key]))
+        cells.append(line)
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -115,7 +221,8 @@ def _errors(analytic, reference) -> tuple[float, float]:
     return float(diff.max(initial=0.0)), rel
 
 
-def _row(step, quantity, reference, analytic, expected, dtype_name, term_scale=0.0) -> CheckRow:
+def _row(step, quantity, against, analytic, expected, dtype_name, term_scale=0.0, *, axes=(),
+         hint: Callable[[np.ndarray, np.ndarray], str] | None = None) -> CheckRow:
     """Judge ||a - r|| against tol * max(||r||, term_scale).
 
     ``term_scale`` is the norm of the magnitudes summed to form the reference (e.g.
@@ -123,13 +230,87 @@ def _row(step, quantity, reference, analytic, expected, dtype_name, term_scale=0
     difference of large terms, and no floating-point summation is more accurate than eps times
     those terms; away from an optimum the scale is about ||r|| and changes nothing.
     """
-    max_abs, rel = _errors(analytic, expected)
-    norm = float(np.linalg.norm(np.asarray(expected, np.float64)))
-    scale = max(norm, float(term_scale))
-    diff = float(np.linalg.norm(np.asarray(analytic, np.float64) - np.asarray(expected, np.float64)))
+    a, r = np.asarray(analytic, np.float64), np.asarray(expected, np.float64)
+    if a.shape != r.shape:
+        message = f"the value has shape {a.shape}, the reference {r.shape}"
+        if a.ndim == 2 and a.shape == r.shape[::-1]:
+            message += ": transposed?"
+        return CheckRow(step, SECTIONS[step], quantity, against, math.inf, math.inf, math.inf, math.inf,
+                        f"scaled <= {TOLERANCES[dtype_name]:g}", False, a, r, axes, message)
+    max_abs, rel = _errors(a, r)
+    scale = max(float(np.linalg.norm(r)), float(term_scale))
+    diff = float(np.linalg.norm(a - r))
     scaled = diff / scale if scale > 0 else diff
     tol = TOLERANCES[dtype_name]
-    return CheckRow(step, quantity, reference, max_abs, rel, scaled, f"scaled <= {tol:g}", bool(scaled <= tol))
+    passed = bool(scaled <= tol)
+    found = "" if passed or hint is None else hint(a, r)
+    return CheckRow(step, SECTIONS[step], quantity, against, max_abs, rel, scaled, scaled / tol,
+                    f"scaled <= {tol:g}", passed, None if a.ndim == 0 else a, None if r.ndim == 0 else r,
+                    axes, found)
+
+
+def _factor_hint(count_name: str, count: float) -> Callable[[np.ndarray, np.ndarray], str]:
+    """A failing value that is the reference times a constant: say which constant, and what a
+    factor of N (the average's 1/N) or −1 (ŷ and y swapped) would mean."""
+
+    def hint(a: np.ndarray, r: np.ndarray) -> str:
+        rr = float(np.vdot(r, r))
+        if rr == 0:
+            return ""
+        factor = float(np.vdot(a, r)) / rr
+        if np.linalg.norm(a - factor * r) > 1e-6 * max(np.linalg.norm(a), 1e-300):
+            return ""
+        if abs(factor + 1) < 1e-6:
+            return "the value is −1 × the reference: the sign is flipped (ŷ and y swapped in step 2?)"
+        if count > 1 and abs(factor / count - 1) < 1e-6:
+            return (f"the value is {count_name} = {count:g} × the reference: the average's 1/{count_name} "
+                    "(step 4) is missing")
+        if count > 1 and abs(factor * count - 1) < 1e-6:
+            return f"the value is 1/{count_name} × the reference: divided by {count_name} once too often"
+        return f"the value is {factor:.6g} × the reference"
+
+    return hint
+
+
+def _jacobian_hint(a: np.ndarray, r: np.ndarray) -> str:
+    """Softmax Jacobians (rows, K, K) that are diagonal where the reference is not: the −ŷŷᵀ
+    term (the i ≠ m case) is missing; otherwise a constant factor, if there is one."""
+    if a.ndim == 3:
+        off = ~np.eye(a.shape[-1], dtype=bool)
+        if np.all(np.abs(a[:, off]) <= 1e-12 * max(np.abs(a).max(), 1e-300)) and np.abs(r[:, off]).max() > 0:
+            return "the value is diagonal: the −ŷŷᵀ term (step 1's i ≠ m case, −ŷᵢŷₘ) is missing"
+    return _factor_hint("N", 1.0)(a, r)
+
+
+def _problem_words(*, weighted: bool, ignored: bool, l2: float, smoothing: float, soft: bool,
+                   softcap) -> dict[str, str]:
+    """The formulas each row checks, as the problem's options make them (see ``LEGEND``)."""
+    T = "T" if smoothing else "Y"
+    cap = softcap is not None
+    mean = "/Σs" if (weighted or ignored) else "/N"
+    rows = "diag(s)" if (weighted or ignored) else ""
+    dz = f"(Ŷ − {T})∘(1 − tanh²(Z/c))" if cap else f"(Ŷ − {T})"
+    dl = "∂ℓ/∂z = ŷΣt − t"
+    if cap:
+        dl = "∂ℓ/∂z = (ŷΣt − t)∘(1 − tanh²(z/c))"
+    penalty = " + λW" if l2 else ""
+    return {
+        "jacobian": "∂ŷ/∂z = diag(ŷ) − ŷŷᵀ",
+        "dz": dl + (", t = (1 − ε)y + ε/K" if smoothing else ""),
+        "row_W": "∂ℓₙ/∂W = xₙ dzₙᵀ",
+        "value": f"R = Σ{'s' if (weighted or ignored) else ''}ℓ{mean}" + (" + λ‖W‖²/2" if l2 else ""),
+        "W": f"dR/dW = Xᵀ{rows}{dz}{mean}{penalty}",
+        "b": f"dR/db = 1ᵀ{rows}{dz}{mean}",
+        "X": f"dR/dX = {rows}{dz}Wᵀ{mean}",
+        "HW": f"H_W V = Xᵀ{rows}(Ŷ∘A − Ŷ∘rowsum(Ŷ∘A)){mean}{' + λV_W' if l2 else ''}"
+              + (" (capped: + curvature of the cap)" if cap else ""),
+        "Hb": f"H_b V = 1ᵀ{rows}(Ŷ∘A − Ŷ∘rowsum(Ŷ∘A)){mean}",
+        "targets": "soft" if soft else "int",
+    }
+
+
+def _numpy(a):
+    return None if a is None else np.asarray(a)
 
 
 def check_gradient(
@@ -145,33 +326,90 @@ def check_gradient(
     n_jacobian_rows: int = 4,
     n_fd_entries: int = 12,
     seed: int = 0,
+    jacobian_fn: Callable | None = None,
+    score_grad_fn: Callable | None = None,
+    grad_fn: Callable | None = None,
 ) -> GradientReport:
-    """Check each step of the derivation numerically at ``params``.
+    r"""Check each step of the derivation numerically at ``params`` — jsoftmax's, or yours.
 
-    Rows:
-      1. the closed-form softmax Jacobian diag(p) - p p^T vs ``jax.jacobian(jax.nn.softmax)``
-         (on the first ``n_jacobian_rows`` samples);
-      2. the score gradient p * sum(t) - t (the kernel's own expression) vs ``jax.grad`` of the
-         per-sample loss with respect to the scores;
-      3. the analytic dR/dW (and dR/db, dR/dX) vs ``jax.grad`` of the plain-jnp reference risk,
-         and the risk value itself;
-      4. dR/dW (and dR/db) vs central finite differences of the reference risk on
-         ``n_fd_entries`` entries drawn with ``seed``;
-      5. the Hessian-vector product H·V (W and b blocks) along a normal direction V drawn with
-         ``seed`` vs forward-over-reverse autodiff, ``jax.jvp`` of ``jax.grad`` of the reference.
+    Rows, numbered as ``docs/derivation.md`` numbers its steps:
 
-    With ``softcap`` (c > 0: scores c·tanh(z/c), ``docs/derivation.md`` §10) steps 2–5 check
-    the capped loss, whose score gradient carries the factor 1 − tanh²(z/c).
+    1. (§2) the softmax Jacobian diag(ŷ) − ŷŷᵀ vs ``jax.jacobian(jax.nn.softmax)``, on the
+       first ``n_jacobian_rows`` counted samples;
+    2. (§3) the score gradient ŷ·Σt − t (the engine's own expression) vs ``jax.grad`` of the
+       per-sample loss with respect to the scores, on every counted sample;
+    3. (§4) one sample's weight gradient xₙdzₙᵀ (the engine on that row alone) vs ``jax.grad``
+       of its loss with respect to W, on the first ``n_jacobian_rows`` counted samples;
+    4. (§4) the average: the risk R, ∂R/∂W (and ∂R/∂b, ∂R/∂X) vs ``jax.grad`` of a plain risk
+       written from §1, and ∂R/∂W (∂R/∂b) vs central finite differences of it on
+       ``n_fd_entries`` entries drawn with ``seed``;
+    5. beyond the four steps, (§8) the Hessian-vector product H·V along a normal direction V
+       drawn with ``seed`` vs ``jax.jvp`` of ``jax.grad`` of the plain risk.
 
-    Analytic quantities are computed in the dtype of ``X``; references in float64.
+    Each quantity's label is the formula checked, with the problem's weights, ignored rows, L2,
+    smoothing and soft-cap in it; ``report.legend()`` defines every symbol.
+
+    Your own functions (NumPy or JAX; each is called on NumPy arrays in X's dtype, outside
+    ``jit``) are checked against the step they implement, each in a row of its own:
+
+    * ``jacobian_fn(z) -> (K, K)``: the softmax Jacobian at one row of scores z (K,): step 1;
+    * ``score_grad_fn(z, t) -> (K,)``: ∂ℓ/∂z of one sample, with t (K,) its target row
+      (one-hot for a class id, smoothed with ``label_smoothing``): step 2;
+    * ``grad_fn(params, X, labels) -> gradient``: ∂R/∂W (and ∂R/∂b), the same structure as
+      ``params`` (a ``Params``, or W alone for a bare W), of the same risk — with the
+      ``sample_weight``, ``l2`` and ``label_smoothing`` given here: step 4, against autodiff of
+      the plain risk and against jsoftmax's analytic gradient.
+
+    A failing row keeps both arrays (``row.value``, ``row.reference``,
+    ``row.largest_differences()``), and the report's text says where the largest difference
+    sits (which sample, class or feature) and, when the difference is a constant factor or a
+    missing term, what it looks like.
+
+    Analytic quantities are computed in the dtype of ``X``; references in float64. NumPy
+    float64 inputs are computed in float64 in a scoped x64 context, whatever JAX's global flag.
     Arguments as in :func:`jsoftmax.risk`. A sparse ``X`` (scipy.sparse, BCOO, BCSR) is checked
-    through the sparse layout the library uses for it (value, dR/dW, dR/db, H·V); steps 1–2 and
-    the references use its dense values, and dR/dX is not a row (a sparse X's stored values are
-    data, not parameters; the gradient with respect to them is not offered).
+    through the sparse layout the library uses for it (value, ∂R/∂W, ∂R/∂b, H·V); the
+    per-sample steps and the references use its dense values, and ∂R/∂X is not a row (a sparse
+    X's stored values are data, not parameters).
 
     Returns:
       A :class:`GradientReport`; ``str(report)`` is a table, ``report.to_dict()`` a dict.
+
+    Example:
+      >>> import numpy as np, jsoftmax
+      >>> rng = np.random.default_rng(0)
+      >>> X, y = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+      >>> W = np.zeros((5, 3))
+      >>> def my_grad(W, X, y):          # forgot the average's 1/N
+      ...     P = np.exp(X @ W) / np.exp(X @ W).sum(1, keepdims=True)
+      ...     return X.T @ (P - np.eye(3)[y])
+      >>> report = jsoftmax.check_gradient(W, X, y, grad_fn=my_grad)
+      >>> [row.step for row in report.failed]
+      ['4', '4']
+      >>> print(report.failed[0].hint)
+      the value is N = 16 × the reference: the average's 1/N (step 4) is missing
     """
+    if _wants_float64(params, X, sample_weight) and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+        with enable_x64(True):
+            return _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, softcap,
+                                   n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn)
+    return _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, softcap,
+                           n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn)
+
+
+def _wants_float64(params, X, sample_weight) -> bool:
+    """NumPy (or scipy.sparse) float64 data or parameters: the caller's numbers are float64."""
+    leaves = [X, sample_weight, *(params if isinstance(params, tuple) else (params,))]
+    return any(not isinstance(a, jax.Array) and getattr(a, "dtype", None) == np.float64 for a in leaves
+               if a is not None)
+
+
+def _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, softcap,
+                    n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn) -> GradientReport:
+    for name, fn in (("jacobian_fn", jacobian_fn), ("score_grad_fn", score_grad_fn), ("grad_fn", grad_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"`{name}` must be a function; got {type(fn).__name__}.")
+    bare = not isinstance(params, Params)
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
                                        softcap=softcap)
@@ -182,14 +420,15 @@ def check_gradient(
     dtype_name = jnp.dtype(X.dtype).name
     n, d = X.shape
     k = W.shape[1]
-    rows_shown = min(n, n_jacobian_rows)
+    counted = np.ones(n, bool) if soft else np.asarray(labels) != ignore_index
+    shown = np.flatnonzero(counted)[:max(1, n_jacobian_rows)]  # the per-sample steps' rows
     # Entries for the finite differences, drawn with `seed`, and their steps h = cbrt(eps)·|p|;
     # the direction of the Hessian-vector product.
     rng = np.random.default_rng(seed)
     VW = jnp.asarray(rng.standard_normal(W.shape), W.dtype)
     Vb = None if b is None else jnp.asarray(rng.standard_normal(b.shape), W.dtype)
-    analytic = _analytic_side(W, b, layout, dense_X, labels, sample_weight, l2, label_smoothing, VW, Vb,
-                              spec=spec, plan=plan, rows_shown=rows_shown)
+    analytic = _aot.call(_analytic_side, (W, b, layout, dense_X, labels, sample_weight, l2, label_smoothing,
+                                          VW, Vb, jnp.asarray(shown)), {"spec": spec, "plan": plan})
     fd_points = {}
     for name, base in (("W", W), ("b", b)):
         if base is not None:
@@ -207,52 +446,81 @@ def check_gradient(
         def cast(a):
             return None if a is None else jnp.asarray(a, jnp.float64)
 
-        reference = _reference_side(
+        reference = _aot.call(_reference_side, (
             cast(W), cast(b), cast(X), cast(labels) if soft else labels, cast(sample_weight),
-            float(l2), float(label_smoothing), int(ignore_index), spec.softcap, rows_shown,
+            float(l2), float(label_smoothing), jnp.asarray(shown),
             {name: jnp.asarray(point[2]) for name, point in fd_points.items()}, cast(VW), cast(Vb),
-        )
+        ), {"ignore_index": int(ignore_index), "softcap": spec.softcap})
         reference = jax.device_get(reference)
     analytic = jax.device_get(analytic)
+    weighted = sample_weight is not None
+    ignored = int(np.sum(~counted))
+    words = _problem_words(weighted=weighted, ignored=bool(ignored), l2=float(l2), smoothing=float(label_smoothing),
+                           soft=soft, softcap=spec.softcap)
+    total = float(np.sum(np.asarray(sample_weight, np.float64)[counted])) if weighted else float(np.sum(counted))
+    count_name = "Σs" if weighted else "N"
+    factor = _factor_hint(count_name, total)
+    scales = reference["term_scales"]
+    dz, dz_ref = analytic["dz"], reference["dz"]
+    dz, dz_ref = np.where(counted[:, None], dz, 0), np.where(counted[:, None], dz_ref, 0)
 
     rows: list[CheckRow] = [
-        _row("1", "d softmax/dz = diag(p) - pp^T", "jax.jacobian",
-             analytic["jacobian"], reference["jacobian"], dtype_name),
+        _row("1", words["jacobian"], "jax.jacobian(softmax)", analytic["jacobian"], reference["jacobian"],
+             dtype_name, axes=("sample", "i", "m"), hint=_jacobian_hint),
     ]
-    dz, dz_ref = analytic["dz"], reference["dz"]
-    if not soft:  # ignored rows have no target; the kernel zeroes them through their weight 0
-        counted = np.asarray(labels != ignore_index)[:, None]
-        dz, dz_ref = np.where(counted, dz, 0), np.where(counted, dz_ref, 0)
-    capped = "" if spec.softcap is None else " (x 1-(s/c)^2, capped s)"
-    rows.append(_row("2", "dl/dz = p*sum(t) - t" + capped, "jax.grad", dz, dz_ref, dtype_name))
-    rows.append(_row("3", "R (risk value)", "plain-jnp risk",
-                     analytic["value"], reference["value"], dtype_name))
-    scales = reference["term_scales"]
-    rows.append(_row("3", "dR/dW = X^T(P - T)/N + l2 W", "jax.grad",
-                     analytic["W"], reference["W"], dtype_name, scales["W"]))
+    X_np, targets = _numpy(X), np.asarray(reference["targets"])
+    if jacobian_fn is not None:
+        z_rows = np.asarray(analytic["z"])[shown]
+        yours = np.stack([np.asarray(jacobian_fn(z_row.astype(X_np.dtype))) for z_row in z_rows])
+        rows.append(_row("1", "your jacobian_fn: ∂ŷ/∂z", "jax.jacobian(softmax)", yours, reference["jacobian"],
+                         dtype_name, axes=("sample", "i", "m"), hint=_jacobian_hint))
+    rows.append(_row("2", words["dz"], "jax.grad of ℓ", dz, dz_ref, dtype_name, axes=("sample", "class"),
+                     hint=_factor_hint("N", 1.0)))
+    if score_grad_fn is not None:
+        yours = np.stack([np.asarray(score_grad_fn(s_row.astype(X_np.dtype), t.astype(X_np.dtype)))
+                          for s_row, t in zip(np.asarray(reference["s"]), targets[shown])])
+        rows.append(_row("2", "your score_grad_fn: ∂ℓ/∂z", "jax.grad of ℓ", yours, reference["ds"], dtype_name,
+                         axes=("sample", "class"), hint=_factor_hint("N", 1.0)))
+    rows.append(_row("3", words["row_W"], "jax.grad of ℓₙ", analytic["row_W"], reference["row_W"], dtype_name,
+                     reference["row_scale"], axes=("sample", "feature", "class"), hint=_factor_hint("N", 1.0)))
+    rows.append(_row("4", words["value"], "plain-jnp risk", analytic["value"], reference["value"], dtype_name))
+    rows.append(_row("4", words["W"], "jax.grad of R", analytic["W"], reference["W"], dtype_name, scales["W"],
+                     axes=("feature", "class"), hint=factor))
     if b is not None:
-        rows.append(_row("3", "dR/db = sum(P - T)/N", "jax.grad",
-                         analytic["b"], reference["b"], dtype_name, scales["b"]))
+        rows.append(_row("4", words["b"], "jax.grad of R", analytic["b"], reference["b"], dtype_name, scales["b"],
+                         axes=("class",), hint=factor))
     if not sparse:
-        rows.append(_row("3", "dR/dX = (P - T) W^T / N", "jax.grad",
-                         analytic["X"], reference["X"], dtype_name, scales["X"]))
+        rows.append(_row("4", words["X"], "jax.grad of R", analytic["X"], reference["X"], dtype_name, scales["X"],
+                         axes=("sample", "feature"), hint=factor))
+    if grad_fn is not None:
+        given = Params(_numpy(W), _numpy(b))
+        out = grad_fn(given.W if bare else given, X_np, _numpy(labels))
+        parts = {"W": out} if bare or not isinstance(out, tuple) else {"W": out[0], "b": out[1]}
+        for name, value in parts.items():
+            if value is None or (name == "b" and b is None):
+                continue
+            axes = ("feature", "class") if name == "W" else ("class",)
+            rows.append(_row("4", f"your grad_fn: dR/d{name}", "jax.grad of R", np.asarray(value),
+                             reference[name], dtype_name, scales[name], axes=axes, hint=factor))
+            rows.append(_row("4", f"your grad_fn: dR/d{name}", f"jsoftmax's analytic dR/d{name}", np.asarray(value),
+                             analytic[name], dtype_name, scales[name], axes=axes, hint=factor))
     atol, rtol = FD_TOLERANCES[dtype_name]
     for name, (idx, steps, _) in fd_points.items():
         plus, minus = reference["fd"][name]
         fd = (np.asarray(plus) - np.asarray(minus)) / (2 * steps)
-        max_abs, rel = _errors(np.asarray(analytic[name], np.float64)[idx], fd)
-        bound = atol + rtol * float(np.max(np.abs(fd)))
-        rows.append(
-            CheckRow("4", f"dR/d{name} ({len(steps)} entries)", "central differences", max_abs,
-                     rel, max_abs / bound, f"abs <= {atol:g} + {rtol:g}*max|fd|",
-                     bool(max_abs <= bound))
-        )
+        value = np.asarray(analytic[name], np.float64)[idx]
+        max_abs, rel = _errors(value, fd)
+        peak = float(np.max(np.abs(fd)))
+        bound = atol + rtol * peak
+        rows.append(CheckRow("4", "§4", f"dR/d{name} ({len(steps)} entries)", "central differences", max_abs, rel,
+                             max_abs / peak if peak > 0 else max_abs, max_abs / bound,
+                             f"abs <= {atol:g} + {rtol:g}*max|fd|", bool(max_abs <= bound), value, fd, ("entry",)))
 
-    rows.append(_row("5", "H_W V = X^T c(P*A - P rowsum(P*A)) + l2 V_W", "jvp of grad",
-                     analytic["HW"], reference["HW"], dtype_name, scales["HW"]))
+    rows.append(_row("", words["HW"], "jvp of grad", analytic["HW"], reference["HW"], dtype_name, scales["HW"],
+                     axes=("feature", "class")))
     if b is not None:
-        rows.append(_row("5", "H_b V = sum c(P*A - P rowsum(P*A))", "jvp of grad",
-                         analytic["Hb"], reference["Hb"], dtype_name, scales["Hb"]))
+        rows.append(_row("", words["Hb"], "jvp of grad", analytic["Hb"], reference["Hb"], dtype_name, scales["Hb"],
+                         axes=("class",)))
 
     problem_info = {
         "n": n,
@@ -260,10 +528,10 @@ def check_gradient(
         "k": k,
         "X": "sparse" if sparse else "dense",
         "dtype": dtype_name,
-        "labels": "soft" if soft else "int",
+        "labels": words["targets"],
         "bias": b is not None,
-        "sample_weight": sample_weight is not None,
-        "ignored_rows": 0 if soft else int(np.sum(np.asarray(labels) == ignore_index)),
+        "sample_weight": weighted,
+        "ignored_rows": ignored,
         "l2": float(l2),
         "label_smoothing": float(label_smoothing),
         "softcap": spec.softcap,
@@ -271,12 +539,11 @@ def check_gradient(
     return GradientReport(problem_info, tuple(rows))
 
 
-@partial(jax.jit, static_argnames=("spec", "plan", "rows_shown"))
-def _analytic_side(W, b, layout, dense_X, labels, sample_weight, l2, smoothing, VW, Vb, *, spec, plan,
-                   rows_shown):
+@partial(jax.jit, static_argnames=("spec", "plan"))
+def _analytic_side(W, b, layout, dense_X, labels, sample_weight, l2, smoothing, VW, Vb, shown, *, spec, plan):
     """Everything the library computes, in the problem's dtype, as one compiled program.
     ``layout``: X as the library holds it; ``dense_X``: a sparse layout's dense values (None
-    for a dense X)."""
+    for a dense X); ``shown``: the rows of the per-sample steps."""
     params = Params(W, b)
     dense = dense_X is None
     X = layout if dense else dense_X
@@ -285,20 +552,27 @@ def _analytic_side(W, b, layout, dense_X, labels, sample_weight, l2, smoothing, 
         params, layout, labels, sample_weight, l2, smoothing, spec, plan)
     grads = grads if dense else (grads, None)
     z = _engine.scores(W, b, X)
+    one = jnp.ones((1,), z.dtype)
 
     def row_score_gradient(z_n, y_n):
         # The engine on a one-row "head" W = z_n, x = [1]: its dW is exactly dℓ/dz of that row.
-        one = jnp.ones((1, 1), z.dtype)
-        ev = _engine.evaluate(z_n[None], None, one, y_n[None], jnp.ones((1,), z.dtype), smoothing,
+        ev = _engine.evaluate(z_n[None], None, jnp.ones((1, 1), z.dtype), y_n[None], one, smoothing,
                               0.0, spec, Plan(1), Want(grad_W=True))
         return ev.gW[0]
+
+    def row_weight_gradient(x_n, y_n):
+        # The engine on one sample: its dW is that sample's xₙdzₙᵀ (step 3).
+        return _engine.evaluate(W, b, x_n[None], y_n[None], one, smoothing, 0.0, spec, Plan(1),
+                                Want(grad_W=True)).gW
 
     HW, Hb = _api._hvp_jit(W, b, layout, labels, sample_weight, VW, Vb, l2, smoothing, spec=spec, plan=plan)
     return {
         "HW": HW,
         "Hb": Hb,
-        "jacobian": jax.vmap(softmax_jacobian)(z[:rows_shown]),
+        "z": z,
+        "jacobian": jax.vmap(softmax_jacobian)(z[shown]),
         "dz": jax.vmap(row_score_gradient)(z, labels),
+        "row_W": jax.vmap(row_weight_gradient)(X[shown], labels[shown]),
         "value": value,
         "W": grads[0].W,
         "b": grads[0].b,
@@ -306,9 +580,9 @@ def _analytic_side(W, b, layout, dense_X, labels, sample_weight, l2, smoothing, 
     }
 
 
-@partial(jax.jit, static_argnames=("ignore_index", "softcap", "rows_shown"))
-def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index, softcap, rows_shown,
-                    fd_offsets, VW, Vb):
+@partial(jax.jit, static_argnames=("ignore_index", "softcap"))
+def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, shown, fd_offsets, VW, Vb, *, ignore_index,
+                    softcap):
     """The float64 references: autodiff of plain-jnp definitions and finite differences."""
     z = X @ W if b is None else X @ W + b
     t = reference_targets(labels, W.shape[1], label_smoothing=smoothing).astype(z.dtype)
@@ -319,6 +593,10 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
     def ref(W_, b_, X_):
         return reference_risk(W_, b_, X_, labels, sample_weight=sample_weight, l2=l2,
                               label_smoothing=smoothing, ignore_index=ignore_index, softcap=softcap)
+
+    def row_loss(W_, x_n, t_n):
+        z_n = x_n @ W_ if b is None else x_n @ W_ + b
+        return reference_row_loss(capped(z_n), t_n)
 
     grads = jax.grad(ref, argnums=(0, 1, 2))(W, b, X)
     # Magnitudes of the terms each gradient sums (see _row).
@@ -349,9 +627,16 @@ def _reference_side(W, b, X, labels, sample_weight, l2, smoothing, ignore_index,
         name: (jax.vmap(moves[name])(offsets), jax.vmap(moves[name])(-offsets))
         for name, offsets in fd_offsets.items()
     }
+    row_terms = jnp.abs(X[shown])[:, :, None] * jnp.abs(p[shown] * t[shown].sum(1, keepdims=True) - t[shown])[:, None, :]
     return {
-        "jacobian": jax.vmap(jax.jacobian(jax.nn.softmax))(z[:rows_shown]),
+        "jacobian": jax.vmap(jax.jacobian(jax.nn.softmax))(z[shown]),
+        # Step 2 for a caller's function: ∂ℓ/∂s at the scores s the softmax sees (capped ones).
+        "s": capped(z)[shown],
+        "ds": jax.vmap(jax.grad(reference_row_loss))(capped(z)[shown], t[shown]),
         "dz": jax.vmap(jax.grad(lambda z_, t_: reference_row_loss(capped(z_), t_)))(z, t),
+        "row_W": jax.vmap(jax.grad(row_loss), in_axes=(None, 0, 0))(W, X[shown], t[shown]),
+        "row_scale": jnp.linalg.norm(row_terms),
+        "targets": t,
         "value": ref(W, b, X),
         "W": grads[0],
         "b": grads[1],
@@ -436,26 +721,29 @@ def verify_grid(
 
 
 def summarise(reports: list[GradientReport]) -> list[dict[str, Any]]:
-    """Worst error per (step, quantity, dtype) over a list of reports."""
-    groups: dict[tuple[str, str, str], list[CheckRow]] = {}
+    """Worst error per (step, quantity, what it is checked against, dtype) over a list of
+    reports; a quantity is named without its formula (which changes with each problem's
+    options), so that a grid's rows group by step."""
+    groups: dict[tuple[str, str, str, str], list[CheckRow]] = {}
     for report in reports:
         for row in report.rows:
-            quantity = row.quantity.split(" (")[0] if row.step == "4" else row.quantity
-            groups.setdefault((row.step, quantity, report.problem["dtype"]), []).append(row)
+            groups.setdefault((row.step, row.name, row.against, report.problem["dtype"]), []).append(row)
+    order = sorted(groups, key=lambda key: (list(TOLERANCES).index(key[3]), key[0] == "", key[0]))
     summary = []
-    order = sorted(groups, key=lambda key: (list(TOLERANCES).index(key[2]), key[0]))
-    for step, quantity, dtype_name in order:
-        rows = groups[(step, quantity, dtype_name)]
+    for step, name, against, dtype_name in order:
+        rows = groups[(step, name, against, dtype_name)]
         summary.append(
             {
                 "step": step,
-                "quantity": quantity,
+                "section": rows[0].section,
+                "quantity": name,
+                "against": against,
                 "dtype": dtype_name,
                 "problems": len(rows),
-                "reference": rows[0].reference,
                 "max_abs_error": max(r.max_abs_error for r in rows),
                 "rel_error": max(r.rel_error for r in rows),
                 "scaled_error": max(r.scaled_error for r in rows),
+                "of_tolerance": max(r.of_tolerance for r in rows),
                 "tolerance": rows[0].tolerance,
                 "passed": all(r.passed for r in rows),
             }

@@ -25,12 +25,50 @@ def _parse_sizes(text: str) -> tuple[tuple[int, int, int], ...]:
     return sizes
 
 
+def _parse_problem(text: str) -> tuple[int, int, int]:
+    sizes = _parse_sizes(text)
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError(f"--problem is one NxDxK size, e.g. 16x5x3; got {text!r}")
+    return sizes[0]
+
+
+def _load_function(spec: str, flag: str):
+    """``module:function`` (a module importable from here or the current folder) or
+    ``path/to/file.py:function``: the learner's own function, for ``jsoftmax verify``."""
+    import importlib
+    import importlib.util
+
+    module_name, _, function_name = spec.rpartition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"{flag} must look like module:function or file.py:function; got {spec!r}.")
+    if module_name.endswith(".py") or os.sep in module_name:
+        if not os.path.isfile(module_name):
+            raise ValueError(f"{flag}: no file {module_name!r}.")
+        loader = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(module_name))[0],
+                                                        module_name)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path:  # `jsoftmax verify` run where the learner's file lies
+            sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"{flag}: {module_name!r} has no function {function_name!r}.")
+    return function
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .. import _verify
 
+    if args.problem is not None:
+        return _verify_one(args)
+    if any(getattr(args, flag) for flag in ("grad_fn", "jacobian_fn", "score_grad_fn")):
+        raise ValueError("--grad-fn, --jacobian-fn and --score-grad-fn check one problem: give --problem NxDxK.")
+    options = args.options or list(_verify.OPTION_SETS)
     reports = _verify.verify_grid(
-        sizes=args.sizes, dtypes=tuple(args.dtype), seed=args.seed,
-        option_sets=tuple(args.options), label_kinds=tuple(args.labels),
+        sizes=args.sizes, dtypes=tuple(args.dtype or ("float64", "float32")), seed=args.seed,
+        option_sets=tuple(options), label_kinds=tuple(args.labels or ("int", "soft")),
     )
     passed = all(r.passed for r in reports)
     summary = _verify.summarise(reports)
@@ -46,15 +84,48 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"Checked the derivation on {len(reports)} random problems "
             f"(sizes NxDxK {', '.join('x'.join(map(str, s)) for s in args.sizes)}; "
-            f"option sets {', '.join(args.options)}; labels {', '.join(args.labels)}); "
+            f"option sets {', '.join(options)}; labels {', '.join(args.labels or ('int', 'soft'))}); "
             "worst error per step:"
         )
         print(_verify.format_table(summary))
+        if args.verbose:
+            print("\n" + _verify.LEGEND)
         failed = [r for r in reports if not r.passed]
         print(f"\n{'ALL PASSED' if passed else f'{len(failed)} PROBLEM(S) FAILED'}")
         for report in failed:
             print(report)
     return 0 if passed else 1
+
+
+def _verify_one(args: argparse.Namespace) -> int:
+    """``jsoftmax verify --problem NxDxK``: one seeded problem, one table (and the learner's
+    own functions, each on the step it implements)."""
+    from .. import _verify
+    from .._compat import enable_x64
+
+    functions = {name: _load_function(getattr(args, name), "--" + name.replace("_", "-"))
+                 for name in ("grad_fn", "jacobian_fn", "score_grad_fn") if getattr(args, name)}
+    n, d, k = args.problem
+    dtype = (args.dtype or ["float64"])[0]
+    option_set = (args.options or ["plain"])[0]
+    spec = _verify.OPTION_SETS[option_set]
+    with enable_x64(dtype == "float64"):
+        params, X, labels, weights = _verify.random_problem(
+            n, d, k, dtype=dtype, soft=(args.labels or ["int"])[0] == "soft", seed=args.seed,
+            bias=spec.get("bias", False), ignore=spec.get("ignore", False), weights=spec.get("sample_weight", False))
+        # Without a bias, a bare W (what a learner's grad(W, X, y) takes and returns).
+        report = _verify.check_gradient(params.W if params.b is None else params, X, labels, seed=args.seed,
+                                        sample_weight=weights,
+                                        l2=spec.get("l2", 0.0), label_smoothing=spec.get("label_smoothing", 0.0),
+                                        softcap=spec.get("softcap"), **functions)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+        if args.verbose:
+            print("\n" + report.legend())
+        print(f"\n{'PASSED' if report.passed else 'FAILED'}")
+    return 0 if report.passed else 1
 
 
 def _emit(args: argparse.Namespace, payload: dict, lines: list[str]) -> None:
@@ -325,19 +396,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser(
         "verify", help="check each step of the gradient derivation against jax.grad",
-        description="Run check_gradient over a grid of random problems and print the worst "
-        "error per step. Exit code 0 only if every row passes.",
+        description="Check each step of docs/derivation.md numerically: on one problem "
+        "(--problem NxDxK, one table; with --grad-fn and friends, your own functions) or over a "
+        "grid of random problems (the default: the worst error per step). Exit code 0 only if "
+        "every row passes.",
     )
+    verify.add_argument("--problem", type=_parse_problem, default=None, metavar="NxDxK",
+                        help="check one seeded problem of this size and print its table")
+    verify.add_argument("--grad-fn", dest="grad_fn", default=None, metavar="MODULE:FUNCTION",
+                        help="your grad_fn(params, X, labels) -> dR/dW, checked as step 4 (with --problem)")
+    verify.add_argument("--jacobian-fn", dest="jacobian_fn", default=None, metavar="MODULE:FUNCTION",
+                        help="your jacobian_fn(z) -> (K, K) softmax Jacobian, checked as step 1 (with --problem)")
+    verify.add_argument("--score-grad-fn", dest="score_grad_fn", default=None, metavar="MODULE:FUNCTION",
+                        help="your score_grad_fn(z, t) -> dl/dz, checked as step 2 (with --problem)")
     verify.add_argument("--sizes", type=_parse_sizes, default=_verify.DEFAULT_SIZES,
                         help="comma-separated NxDxK sizes, cycled over the grid (default: %(default)s)")
-    verify.add_argument("--dtype", nargs="+", choices=["float64", "float32", "bfloat16"],
-                        default=["float64", "float32"])
-    verify.add_argument("--options", nargs="+", choices=list(_verify.OPTION_SETS),
-                        default=list(_verify.OPTION_SETS), help="option sets to check")
-    verify.add_argument("--labels", nargs="+", choices=["int", "soft"], default=["int", "soft"])
+    verify.add_argument("--dtype", nargs="+", choices=["float64", "float32", "bfloat16"], default=None,
+                        help="grid: float64 float32 (default); --problem: the first given (default float64)")
+    verify.add_argument("--options", nargs="+", choices=list(_verify.OPTION_SETS), default=None,
+                        help="option sets to check (grid default: all; --problem: the first given, default plain)")
+    verify.add_argument("--labels", nargs="+", choices=["int", "soft"], default=None,
+                        help="label kinds (grid default: int soft; --problem: the first given, default int)")
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
-    verify.add_argument("--verbose", "-v", action="store_true", help="every problem's table")
+    verify.add_argument("--verbose", "-v", action="store_true",
+                        help="the legend of every symbol and column (and, for the grid, every problem's table)")
     verify.set_defaults(func=_cmd_verify)
 
     def data_options(p: argparse.ArgumentParser) -> None:

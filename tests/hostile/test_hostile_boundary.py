@@ -316,8 +316,8 @@ def test_verifier_catches_a_wrong_sparse_gradient(x64, monkeypatch):
     real = _sparse.SparseChunk.transposed_product
     monkeypatch.setattr(_sparse.SparseChunk, "transposed_product", lambda chunk, dz: 1.01 * real(chunk, dz))
     report = jsoftmax.check_gradient(W, sp.csr_matrix(X), y)
-    failed = {r.quantity for r in report.rows if not r.passed}
-    assert not report.passed and any(q.startswith("dR/dW") for q in failed)
+    failed = {r.name for r in report.rows if not r.passed}
+    assert not report.passed and "dR/dW" in failed
 
 
 @pytest.mark.parametrize("entry", ["risk", "value_and_grad", "hvp", "linear_cross_entropy", "predict_proba"])
