@@ -67,6 +67,12 @@ def matmul(a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
     a tolerance of 1e-6.) ``out_dtype``: a 16-bit result (the GEMM still accumulates in f32
     inside and rounds once when it writes)."""
     accumulate = accumulation_dtype(a.dtype)
+    if accumulate != a.dtype and jax.default_backend() == "cpu":
+        # A CPU has no 16-bit matrix units, and XLA's CPU runtime has no batched (vmap-ed)
+        # 16-bit × 16-bit → float32 product: the operands are widened here, one chunk at a time
+        # (exactly: a product of two 16-bit floats fits float32's mantissa).
+        out = jnp.matmul(a.astype(accumulate), b.astype(accumulate), precision=lax.Precision.HIGHEST)
+        return out if out_dtype is None else out.astype(out_dtype)
     precision = lax.Precision.HIGHEST if accumulate == a.dtype else lax.Precision.DEFAULT
     return jnp.matmul(a, b, preferred_element_type=out_dtype or accumulate, precision=precision)
 

@@ -19,6 +19,9 @@ there), each part in its own process with its own time limit, and writes under `
   scikit-learn's ``LogisticRegressionCV`` (``benchmarks/suites/search.py``).
 - ``sparse``: the sparse suite's text-shaped fits (news20, rcv1) with the model on the device
   against scikit-learn on the same CSR (``benchmarks/suites/sparse.py``), device peak memory.
+- ``probe``: linear probes at imnet's and places' shapes, float32 and bfloat16-stored: one fit,
+  CLIP's C search and refit, device peak, the floor, scikit-learn capped
+  (``benchmarks/gpu/probe.py``).
 - ``tests``: the test suite with ``JAX_PLATFORMS=cuda``.
 
 Everything lands in ``results.json`` and ``summary.md`` (plus ``run.log`` and ``tests.log``),
@@ -39,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
-PARTS = ("lmhead", "torch", "fit", "search", "sparse", "tests")
+PARTS = ("lmhead", "torch", "fit", "search", "sparse", "probe", "tests")
 SHAPES = [(16384, 4096, 128256), (8192, 2304, 256000)]
 QUICK_SHAPES = [(1024, 256, 4000), (512, 128, 8000)]
 CHUNK_SWEEP = (512, 1024, 2048, 4096)
@@ -294,6 +297,17 @@ def part_sparse(quick: bool, out: Path, limit_s: float) -> dict:
                             deadline=time.monotonic() + limit_s - 5, on_result=keep)
 
 
+def part_probe(quick: bool, out: Path, limit_s: float) -> dict:
+    """Linear probes at imnet's and places' shapes (``benchmarks/gpu/probe.py``), written after
+    each problem so that a cut-off run keeps what it measured."""
+    from . import probe
+
+    def keep(payload: dict) -> None:
+        (out / "part-probe.json").write_text(json.dumps(payload, indent=1, default=float))
+
+    return probe.run(quick, deadline=time.monotonic() + limit_s - 5, on_result=keep)
+
+
 def part_torch(quick: bool) -> dict:
     from . import torch_child as gpu_torch
 
@@ -347,6 +361,8 @@ def child(part: str, quick: bool, out: Path, limit_s: float) -> None:
         payload = part_sparse(quick, out, limit_s)
     elif part == "lmhead":
         payload = part_lmhead(quick, out)
+    elif part == "probe":
+        payload = part_probe(quick, out, limit_s)
     else:
         payload = {"fit": part_fit, "torch": part_torch,
                    "search": part_search}[part](quick)
@@ -401,7 +417,8 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     payload = {"command": command.strip(), "machine": machine(), "quick": args.quick, "parts": {}}
     print(json.dumps(payload["machine"], indent=1), flush=True)
-    shares = {"lmhead": 0.65, "torch": 0.2, "fit": 0.2, "search": 0.15, "sparse": 0.5, "tests": 0.45}  # the last part gets what is left
+    shares = {"lmhead": 0.65, "torch": 0.2, "fit": 0.2, "search": 0.15, "sparse": 0.5, "probe": 0.6,
+              "tests": 0.45}  # the last part gets what is left
     deadline = time.monotonic() + args.budget_s
     log = open(args.out / "run.log", "a")
     for part in args.parts:
@@ -636,6 +653,10 @@ def summary_markdown(payload: dict) -> str:
         from ..suites import sparse as suite_sparse
 
         out.append(suite_sparse.markdown(parts["sparse"]))
+    if "probe" in parts and "results" in parts["probe"]:
+        from . import probe
+
+        out.append(probe.markdown(parts["probe"]))
     if "tests" in parts:
         t = parts["tests"]
         out.append(f"## Test suite on the device\n\n`{t.get('command', '')}` with JAX_PLATFORMS="

@@ -20,6 +20,8 @@ from . import files
 
 MODEL_FORMAT = 2  # 2: checksum, array manifest, feature names; 1 still loads
 ARRAYS = ("W", "b", "classes", "mean", "scale", "feature_names_in")
+# Hyperparameters newer than some files: missing from a file, they take their defaults.
+ADDED_SINCE = ("devices",)
 
 
 def public_coefficients(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +64,7 @@ def save(model: Any, path: str, *, metadata: dict | None = None) -> None:
     params = model.get_params()
     if not isinstance(params["solver"], str):
         params["solver"] = "lbfgs"  # a custom optax transformation cannot be stored
+    params["devices"] = None  # where it was fitted is not part of the model (nor storable)
     weights = params.pop("class_weight")
     params = {name: json_value(name, value) for name, value in params.items()}
     params["class_weight"] = (weights if weights is None or isinstance(weights, str) else
@@ -102,6 +105,9 @@ def _from_file(cls: type, arrays: dict[str, np.ndarray], meta: dict[str, Any], c
     if fmt >= 2 and files.CHECKSUM_KEY not in meta:
         raise ValueError("a format-2 model must carry a checksum.")
     params = meta["params"]
+    if isinstance(params, dict):  # hyperparameters added since the file was written: their defaults
+        params = {**{name: value for name, value in cls().get_params().items() if name in ADDED_SINCE},
+                  **params}
     if not isinstance(params, dict) or set(params) != set(cls().get_params()):
         raise ValueError(f"hyperparameters {sorted(params) if isinstance(params, dict) else params!r} "
                          f"are not those of {cls.__name__} ({sorted(cls().get_params())}).")

@@ -36,17 +36,21 @@ def row_bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype
+def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype, multiple: int = 1
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """X, labels and weights padded with zero-weight rows to :func:`row_bucket` (unchanged when
-    the padded X would exceed ``ROW_BUCKET_MAX_BYTES``). Zero-weight rows leave every sum
+    the padded X would exceed ``ROW_BUCKET_MAX_BYTES``), and to a ``multiple`` of the rows (the
+    number of devices they are split over; this pads a large X too, with one copy). Zero-weight rows leave every sum
     exactly (the engine skips rows whose coefficient is 0), so the fit is the same. A sparse X
     gets empty rows (no stored entries) while its CSR arrays stay within the same bound."""
     n, d = X.shape
-    rows = row_bucket(n)
+    rows = -(-row_bucket(n) // multiple) * multiple
     sparse = _sparse.is_sparse(X)
+    dtype = X.dtype if is_half_precision(X) else dtype  # stored in 16 bits: kept so
     size = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) if sparse else rows * d * np.dtype(dtype).itemsize
-    if rows == n or size > ROW_BUCKET_MAX_BYTES:
+    if size > ROW_BUCKET_MAX_BYTES:  # a large X: no bucket, only what the devices need (one copy)
+        rows = -(-n // multiple) * multiple
+    if rows == n:
         return (X.astype(dtype, copy=False) if sparse else np.asarray(X, dtype)), y_ids, sample_weight
     if sparse:
         import scipy.sparse as sp
@@ -57,7 +61,7 @@ def pad_rows(X: np.ndarray, y_ids: np.ndarray, sample_weight: np.ndarray, dtype
         padded[:n] = X
         padded[n:] = 0
     return (padded, np.concatenate([y_ids, np.zeros(rows - n, y_ids.dtype)]),
-            np.concatenate([sample_weight, np.zeros(rows - n, sample_weight.dtype)]))
+            np.concatenate([sample_weight, np.zeros((rows - n,) + sample_weight.shape[1:], sample_weight.dtype)]))
 
 
 @functools.lru_cache(maxsize=32)
@@ -72,7 +76,8 @@ def make_optimizer(solver: str, learning_rate: float) -> optax.GradientTransform
                      "or pass an optax.GradientTransformation.")
 
 
-def choose_solver(n: int, d: int, k: int, batch_size: int | None, sparse: bool = False) -> str:
+def choose_solver(n: int, d: int, k: int, batch_size: int | None, sparse: bool = False, *,
+                  sharded: bool = False) -> str:
     """The solver ``solver="auto"`` picks: "adam" for minibatches, "newton-cg" for sparse X,
     else "lbfgs".
 
@@ -83,12 +88,16 @@ def choose_solver(n: int, d: int, k: int, batch_size: int | None, sparse: bool =
     Newton-CG's iteration count matters most).
 
     Sparse (text) problems have many features, where L-BFGS's history of 2 × 10 (D, K) arrays
-    outgrows the data, and there Newton-CG was faster (``benchmarks/results/sparse-cpu.md``).
+    outgrows the data, and there Newton-CG was faster (``benchmarks/results/sparse-cpu.md``) —
+    except when the rows are split over devices (``sharded``), which Newton-CG does not do for a
+    sparse X.
     """
     del n, d, k  # no benchmarked dense shape favours Newton-CG by enough to switch yet
     if batch_size is not None:
         return "adam"
-    return newton_cg.SOLVER.name if sparse else registry.DEFAULT
+    if sparse and not (sharded and not newton_cg.SOLVER.sparse_mesh):
+        return newton_cg.SOLVER.name
+    return registry.DEFAULT  # (Newton-CG does not split a sparse X over devices)
 
 
 def column_moments(X: np.ndarray, block_rows: int | None = None,
@@ -117,8 +126,18 @@ def column_moments(X: np.ndarray, block_rows: int | None = None,
 
 
 def coefficient_dtype(X: Any) -> type:
-    """The dtype of ``coef_``: float32 for float32 data, as scikit-learn keeps it; else float64."""
-    return np.float32 if getattr(X, "dtype", None) == np.float32 else np.float64
+    """The dtype of ``coef_``: float32 for float32 data, as scikit-learn keeps it, and for data
+    stored in 16 bits (the precision its products ran at); else float64."""
+    return np.float32 if getattr(X, "dtype", None) == np.float32 or is_half_precision(X) else np.float64
+
+
+def is_half_precision(X: Any) -> bool:
+    """X holds floats stored in 16 bits (bfloat16 or float16): fitted as stored, never widened."""
+    dtype = getattr(X, "dtype", None)
+    if dtype is None or _sparse.is_sparse(X):
+        return False
+    dtype = np.dtype(dtype)
+    return dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16")
 
 
 def training_weights(class_weight, sample_weight, X, y, classes, y_ids) -> tuple[np.ndarray, float]:
@@ -145,7 +164,7 @@ def penalty_strength(C: float, total: float, n_classes: int, dtype: str) -> floa
     largest number: the penalty then outweighs the data either way and W is 0."""
     if not np.isfinite(C):
         return 0.0
-    return min((2.0 if n_classes == 2 else 1.0) / (C * total), float(np.finfo(dtype).max))
+    return float(min((2.0 if n_classes == 2 else 1.0) / (C * total), float(np.finfo(dtype).max)))
 
 
 def warn_not_converged(solver: str, result) -> None:
@@ -159,8 +178,11 @@ def warn_not_converged(solver: str, result) -> None:
                   ConvergenceWarning, stacklevel=3)
 
 
-def as_dtype(X: Any, dtype) -> Any:
-    """X (dense or scipy.sparse) in ``dtype``, without a copy when it already is."""
+def as_dtype(X: Any, dtype, *, keep_half: bool = False) -> Any:
+    """X (dense or scipy.sparse) in ``dtype``, without a copy when it already is; with
+    ``keep_half``, X stored in 16 bits as it is (the device reads it so)."""
+    if keep_half and is_half_precision(X):
+        return X
     return X.astype(dtype, copy=False) if _sparse.is_sparse(X) else np.asarray(X, dtype)
 
 
@@ -174,13 +196,78 @@ def fit_data(estimator, X: Any, y: Any, *, min_samples: int = 1) -> tuple[Any, n
     """The fit preamble both estimators share: X and y validated as scikit-learn validates them
     (setting ``n_features_in_`` and ``feature_names_in_``), y's classes and class ids.
     Returns (X, y, classes, y_ids); fewer than two classes is a ``ValueError``."""
-    X, y = validate_data(estimator, X, y, dtype=input_dtypes(estimator.dtype), ensure_min_samples=min_samples,
-                         accept_sparse="csr")
+    if is_half_precision(X):
+        X, y = half_precision_data(estimator, np.asarray(X), y, min_samples=min_samples)
+    else:
+        X, y = validate_data(estimator, X, y, dtype=input_dtypes(estimator.dtype), ensure_min_samples=min_samples,
+                             accept_sparse="csr")
     check_classification_targets(y)
     classes, y_ids = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"`y` needs samples of at least 2 classes; got 1 class: {classes[0]!r}.")
     return X, y, classes, y_ids
+
+
+def half_precision_data(estimator, X: np.ndarray, y: Any = None, *, min_samples: int = 1, reset: bool = True):
+    """``validate_data`` for X stored in 16 bits, without widening it: scikit-learn checks the
+    shape, the feature count and y on X's bits (viewed as uint16: scikit-learn knows no
+    bfloat16), and the values are checked here, a non-finite one named by its column
+    (features that overflowed float16 when they were saved are inf)."""
+    bits = X.view(np.uint16)
+    if y is None:
+        checked = validate_data(estimator, bits, dtype=None, reset=reset, ensure_all_finite=False,
+                                ensure_min_samples=min_samples)
+    else:
+        checked, y = validate_data(estimator, bits, y, dtype=None, reset=reset, ensure_all_finite=False,
+                                   ensure_min_samples=min_samples)
+    X = checked.view(X.dtype)
+    finite = np.isfinite(X)
+    if not finite.all():
+        rows, columns = np.nonzero(~finite)
+        raise ValueError(f"`X` holds NaN or infinite values: column {int(columns[0])} (row {int(rows[0])}"
+                         f"{f' and {len(rows) - 1} more' if len(rows) > 1 else ''}); {X.dtype} features that "
+                         "overflowed when they were saved are inf.")
+    return X if y is None else (X, y)
+
+
+def device_mesh(devices: Any):
+    """The estimators' ``devices`` as a one-axis ``jax.sharding.Mesh`` (axis ``"data"``: the
+    rows are split over it, each step's gradient summed across it), or None for JAX's default
+    device. ``devices``: None (the default device), ``"all"`` (every local device), an int n (the
+    first n local devices) or a sequence of ``jax.Device`` (one platform, each once)."""
+    import jax
+
+    if devices is None:
+        return None
+    local = jax.local_devices()
+    if isinstance(devices, str):
+        chosen = local
+    elif constraints.is_int(devices):
+        if devices > len(local):
+            raise ValueError(f"`devices`={devices}, but this process has {len(local)} local device(s).")
+        chosen = local[:devices]
+    else:
+        chosen = list(devices)
+        if not chosen:
+            raise ValueError("`devices` names no device; give None, 'all', a count or a list of jax devices.")
+        strangers = [d for d in chosen if not isinstance(d, jax.Device)]
+        if strangers:
+            raise TypeError(f"`devices` must hold jax devices (jax.devices()); got {type(strangers[0]).__name__}.")
+        platforms = sorted({d.platform for d in chosen})
+        if len(platforms) > 1:
+            raise ValueError(f"`devices` mixes platforms {platforms}; a fit runs on one.")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError("`devices` names a device more than once.")
+    if len(chosen) == 1 and chosen[0] == jax.devices()[0]:
+        return None  # the default device: the single-device path
+    return jax.sharding.Mesh(np.array(chosen), ("data",))
+
+
+def devices_constraint() -> constraints.Constraint:
+    return constraints.Constraint(
+        lambda v: v is None or v == "all" or (constraints.is_int(v) and v >= 1)
+        or (isinstance(v, (list, tuple)) and not isinstance(v, str)),
+        "None, 'all', a positive int or a list of jax devices")
 
 
 # The hyperparameters both estimators take, and what each must be.
@@ -192,6 +279,7 @@ SHARED_CONSTRAINTS = {
     "dtype": constraints.options("float64", "float32", expected="'float64' or 'float32'"),
     "max_iter": constraints.int_at_least(0, "an int >= 0 (0: return the start)"),
     "tol": constraints.non_negative_real(),
+    "devices": devices_constraint(),
 }
 
 

@@ -30,8 +30,9 @@ from ..io import model_files
 from ..train import fit
 from . import constraints
 from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SOLVERS, SoftmaxClassifier, as_dtype, choose_solver,
-                     coefficient_dtype, column_moments, fit_data, input_dtypes, make_optimizer, pad_rows,
-                     penalty_strength, training_weights, warn_not_converged)
+                     coefficient_dtype, column_moments, device_mesh, fit_data, half_precision_data, input_dtypes,
+                     is_half_precision, make_optimizer, pad_rows, penalty_strength, training_weights,
+                     warn_not_converged)
 
 
 def _is_optax(solver: Any) -> bool:
@@ -61,6 +62,11 @@ class SoftmaxRegression(SoftmaxClassifier):
         centring would fill in every zero.
       dtype: "float64" (computed in a scoped x64 context) or "float32".
       random_state: seed of the minibatch shuffles.
+      devices: where the fit runs: None (JAX's default device), ``"all"`` (every local device),
+        an int n (the first n local devices) or a list of ``jax.Device``. Over several devices
+        the rows are split among them (data-parallel: each step's gradient is summed across
+        them), padded with zero-weight rows to a multiple of their number; predictions run on
+        the default device.
 
     Attributes:
       classes_: the class labels, sorted as ``np.unique`` gives them.
@@ -97,6 +103,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         standardize: bool = False,
         dtype: str = "float64",
         random_state: int | None = None,
+        devices: Any = None,
     ):
         self.C = C
         self.fit_intercept = fit_intercept
@@ -110,6 +117,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         self.standardize = standardize
         self.dtype = dtype
         self.random_state = random_state
+        self.devices = devices
 
     _parameter_constraints = {
         "C": constraints.positive_real("a positive number (np.inf: no penalty)"),
@@ -127,14 +135,16 @@ class SoftmaxRegression(SoftmaxClassifier):
         "dtype": SHARED_CONSTRAINTS["dtype"],
         "max_iter": SHARED_CONSTRAINTS["max_iter"],
         "tol": SHARED_CONSTRAINTS["tol"],
+        "devices": SHARED_CONSTRAINTS["devices"],
     }
 
     # --- fitting ------------------------------------------------------------------------
 
-    def _optimizer(self, n: int, d: int, k: int, sparse: bool = False) -> dict[str, Any]:
+    def _optimizer(self, n: int, d: int, k: int, sparse: bool = False, mesh=None) -> dict[str, Any]:
         """``fit``'s solver keywords: ``solver=`` a built-in name or ``optimizer=`` optax's."""
         if isinstance(self.solver, str):
-            solver = choose_solver(n, d, k, self.batch_size, sparse) if self.solver == "auto" else self.solver
+            solver = (choose_solver(n, d, k, self.batch_size, sparse, sharded=mesh is not None)
+                      if self.solver == "auto" else self.solver)
             if solver in FULL_BATCH_SOLVERS:
                 if self.batch_size is not None:
                     raise ValueError(f"solver={solver!r} is full-batch: set batch_size=None, or use "
@@ -173,7 +183,8 @@ class SoftmaxRegression(SoftmaxClassifier):
             self.mean_, scale = column_moments(X)
             self.scale_ = np.where(scale > 0, scale, 1.0)
         n_classes, n_features = len(classes), X.shape[1]
-        solver = self._optimizer(X.shape[0], n_features, n_classes, sparse)
+        mesh = device_mesh(self.devices)
+        solver = self._optimizer(X.shape[0], n_features, n_classes, sparse, mesh)
         l2 = penalty_strength(self.C, total, n_classes, self.dtype)
 
         warm = (
@@ -194,8 +205,12 @@ class SoftmaxRegression(SoftmaxClassifier):
             if minibatch and sparse:
                 raise ValueError("`batch_size` (minibatches) is not supported for sparse X; use the "
                                  "full-batch solvers 'lbfgs' or 'newton-cg'.")
-            X_fit, y_fit, w_fit = ((as_dtype(X, dtype), y_ids, sample_weight) if minibatch
-                                   else pad_rows(X, y_ids, sample_weight, dtype))
+            devices = 1 if mesh is None else mesh.size
+            if minibatch and devices > 1 and self.batch_size % devices:
+                raise ValueError(f"`batch_size`={self.batch_size} must be a multiple of the {devices} `devices`.")
+            X_fit, y_fit, w_fit = ((as_dtype(X, dtype, keep_half=True), y_ids, sample_weight)
+                                   if minibatch and devices == 1
+                                   else pad_rows(X, y_ids, sample_weight, dtype, multiple=devices))
             # X reaches the device in the fit's dtype without another copy (a large X is read
             # in place, see jsoftmax._inplace); standardisation is folded into the weights
             # (jsoftmax.fit's feature_mean/feature_scale), never a scaled copy.
@@ -218,6 +233,8 @@ class SoftmaxRegression(SoftmaxClassifier):
                 resume=resume,
                 feature_mean=self.mean_ if self.standardize else None,
                 feature_scale=self.scale_ if self.standardize else None,
+                mesh=mesh,
+                data_axis=None if mesh is None else "data",
             )
         self.classes_ = classes
         self._set_coefficients(np.asarray(result.params.W, np.float64),
@@ -290,6 +307,8 @@ class SoftmaxRegression(SoftmaxClassifier):
 
     def _features(self, X: Any):
         check_is_fitted(self)
+        if is_half_precision(X):  # stored in 16 bits: checked without widening
+            return half_precision_data(self, np.asarray(X), reset=False)
         return validate_data(self, X, dtype=input_dtypes(self.dtype), reset=False, accept_sparse="csr")
 
     def _run(self, probabilities: bool, X):
@@ -298,7 +317,9 @@ class SoftmaxRegression(SoftmaxClassifier):
         X = self._features(X)
         W, b = self._raw_coefficients()
         with enable_x64(self.dtype == "float64"):
-            dtype = jnp.dtype(self.dtype)
+            # X stored in 16 bits is read as stored, with the coefficients in its dtype: the
+            # products run as the fit's did (accumulating in float32).
+            dtype = X.dtype if is_half_precision(X) else jnp.dtype(self.dtype)
             return host_predictions(Params(np.asarray(W, dtype), np.asarray(b, dtype)), as_dtype(X, dtype),
                                     probabilities=probabilities)
 
@@ -306,7 +327,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         """Scores XW + b, shape (N, K); for binary problems w·x + b, shape (N,)."""
         X = self._features(X)  # checks fitted-ness first
         W, b = self._raw_coefficients()
-        scores = np.asarray(X @ W) + b
+        scores = np.asarray(as_dtype(X, np.float32) @ W if is_half_precision(X) else X @ W) + b
         if len(self.classes_) == 2:
             return scores[:, 1] - scores[:, 0]
         return scores

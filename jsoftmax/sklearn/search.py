@@ -27,7 +27,8 @@ from ..io.model_files import public_coefficients
 from ..train import fit_many
 from . import constraints
 from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SoftmaxClassifier, as_dtype, coefficient_dtype,
-                     column_moments, fit_data, penalty_strength, training_weights)
+                     column_moments, device_mesh, fit_data, is_half_precision, pad_rows, penalty_strength,
+                     training_weights)
 from .estimator import SoftmaxRegression
 
 CV_SOLVERS = FULL_BATCH_SOLVERS  # the full-batch solvers fit_many vmaps
@@ -81,6 +82,8 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         average the folds' coefficients at the best C.
       fit_intercept, class_weight, max_iter, tol, standardize, dtype: as in
         :class:`SoftmaxRegression` (``standardize`` uses each fold's own training statistics).
+      devices: as in :class:`SoftmaxRegression`: the folds' fits and the refit split the rows
+        over these devices.
       solver: "lbfgs" (default; jsoftmax's lean L-BFGS) or "newton-cg". On the search
         benchmark the vmapped folds were fastest with the lean L-BFGS, then Newton-CG; optax's
         L-BFGS, whose zoom line searches batched over the folds wait for the slowest, was far
@@ -100,7 +103,7 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
     def __init__(self, Cs: int | list = 10, *, cv: Any = None, scoring: Any = None, refit: bool = True,
                  fit_intercept: bool = True, class_weight: dict | str | None = None, max_iter: int = 100,
                  tol: float = 1e-4, solver: str = "lbfgs", standardize: bool = False,
-                 dtype: str = "float64"):
+                 dtype: str = "float64", devices: Any = None):
         self.Cs = Cs
         self.cv = cv
         self.scoring = scoring
@@ -112,6 +115,7 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         self.solver = solver
         self.standardize = standardize
         self.dtype = dtype
+        self.devices = devices
 
     _parameter_constraints = {
         "solver": constraints.options(*CV_SOLVERS, message="unknown solver {value!r}; choose one of "
@@ -209,20 +213,28 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         biases = np.zeros((n_folds, n_cs, k))
         scores = np.zeros((n_folds, n_cs))
         iterations = np.zeros((n_folds, n_cs), np.int32)
-        with enable_x64(self.dtype == "float64"):
-            dtype = jnp.dtype(self.dtype)
+        # X stored in 16 bits is searched as stored, in float32 (its products' accumulation).
+        half = is_half_precision(X)
+        with enable_x64(self.dtype == "float64" and not half):
+            dtype = jnp.dtype(jnp.float32 if half else self.dtype)
             # A dense X in the fits' dtype, read in place by fit_many when large (no device copy).
-            X_device = as_dtype(X, dtype)
+            X_device = as_dtype(X, dtype, keep_half=True)
             # NumPy inputs: no eager JAX conversions to compile (fit_many's program is stored, _aot).
             labels = np.asarray(y_ids, np.int32)
             W = np.zeros((n_folds, d, k), dtype)
             b = np.zeros((n_folds, k), dtype) if self.fit_intercept else None
             fold_weights = np.asarray(weights, dtype)
+            mesh = device_mesh(self.devices)
+            if mesh is not None:  # the rows split over the devices: zero-weight rows to a multiple
+                X_device, labels, fold_weights = pad_rows(X_device, labels, fold_weights.T, X_device.dtype,
+                                                          multiple=mesh.size)
+                fold_weights = np.ascontiguousarray(fold_weights.T)
             for j, C in enumerate(grid):  # warm-started along the path, folds in parallel
                 l2 = [penalty_strength(C, total, k, self.dtype) for total in totals]
                 result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
                                   l2=np.asarray(l2, dtype), solver=self.solver, tol=float(self.tol),
-                                  max_iter=int(self.max_iter), feature_means=means, feature_scales=scales)
+                                  max_iter=int(self.max_iter), feature_means=means, feature_scales=scales,
+                                  mesh=mesh, data_axis=None if mesh is None else "data")
                 W, b = result.params.W, result.params.b
                 paths[:, j] = np.asarray(W, np.float64)
                 if b is not None:
@@ -282,7 +294,7 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
     def _template(self, C: float) -> SoftmaxRegression:
         return SoftmaxRegression(C=C, fit_intercept=self.fit_intercept, class_weight=self.class_weight,
                                  max_iter=self.max_iter, tol=self.tol, solver=self.solver,
-                                 standardize=self.standardize, dtype=self.dtype)
+                                 standardize=self.standardize, dtype=self.dtype, devices=self.devices)
 
     def _fitted(self, C, W, b, classes, d, mean, scale) -> SoftmaxRegression:
         """A :class:`SoftmaxRegression` holding given coefficients (for scoring a fold)."""

@@ -17,7 +17,7 @@ from .. import _api
 from .._types import Features, Labels, Params, RowValues, Weights, accumulation_dtype
 from . import drive, registry
 from .checkpoints import RunCheckpoints
-from .objective import Affine, Data, Solver, in_dtype
+from .objective import Affine, Data, Solver, half_precision_start, in_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +176,7 @@ def fit(
     """
     options = check_options(optimizer, solver, batch_size, max_iter, max_epochs, tol, patience, callback_every,
                             checkpoint_every, resume, checkpoint_dir)
+    params, wide = half_precision_start(params, X)
     # A full-batch fit blocks until it ends, so a large NumPy X is read in place (_inplace).
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
@@ -184,8 +185,10 @@ def fit(
     _check_layout(problem.X, options, mesh, data_axis)
     data = Data(problem.X, problem.labels, problem.sample_weight, l2, label_smoothing,
                 _affine(feature_mean, feature_scale, problem.X))
-    # 16-bit params train as float32 masters (see objective) and come back in their dtype.
-    start = in_dtype(Params(problem.W, problem.b), accumulation_dtype(problem.W.dtype))
+    # 16-bit params train as float32 masters (see objective) and come back in their dtype;
+    # wider params given with a 16-bit X start as given.
+    start = in_dtype(Params(problem.W, problem.b) if wide is None else wide, accumulation_dtype(problem.W.dtype))
+    out_dtype = problem.W.dtype if wide is None else wide.W.dtype
     validation = _validation(validation_data, problem, data, ignore_index)
     checkpoints = None if checkpoint_dir is None else RunCheckpoints.of_run(
         checkpoint_dir, options.checkpoint_every, data, None if validation is None else validation.data, start,
@@ -202,7 +205,7 @@ def fit(
         run = drive.minibatch(start, data, options.optimizer, {"spec": spec, "plan": batch_plan}, batch_size=rows,
                               max_epochs=options.max_epochs, patience=options.patience, seed=seed,
                               validation=validation, callback=callback, checkpoints=checkpoints, resume=resume)
-    return _result(run, data, spec, plan, problem.W.dtype, options.tol, bare=not isinstance(params, Params))
+    return _result(run, data, spec, plan, out_dtype, options.tol, bare=not isinstance(params, Params))
 
 
 def _check_layout(X, options: FitOptions, mesh, data_axis) -> None:

@@ -13,7 +13,7 @@ from .. import _aot, _api, _validate
 from .._types import Features, Labels, Params, Weights, accumulation_dtype
 from . import registry
 from .fit import _positive_int, check_tol
-from .objective import Affine, Data, in_dtype, inf_norm
+from .objective import Affine, Data, half_precision_start, in_dtype, inf_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,8 @@ def fit_many(
     max_iter: int = 1000,
     feature_means: jax.Array | None = None,
     feature_scales: jax.Array | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    data_axis: str | None = None,
 ) -> ManyResult:
     r"""Fit M independent models on the same X at once, in one compiled program.
 
@@ -75,6 +77,8 @@ def fit_many(
       solver: "lbfgs" or "newton-cg"; tol, max_iter: per model, as in :func:`fit`.
       feature_means, feature_scales: (M, D) each, optional: per-model standardisation folded
         into the weights (see :func:`fit`), e.g. statistics of each fold's training rows.
+      mesh, data_axis: split the rows over the ``data_axis`` of a ``jax.sharding.Mesh``, as
+        :func:`fit` does (every model's gradient is summed across its devices).
 
     Returns:
       A :class:`ManyResult`.
@@ -102,9 +106,11 @@ def fit_many(
     # The first model validates the shared inputs; sliced on the host (no eager JAX program).
     first = Params(np.asarray(W)[0],
                    None if b is None else np.asarray(b)[0])
+    first, _ = half_precision_start(first, X)  # a 16-bit X with wider params: checked as X's dtype
     problem, spec, plan = _api.prepare(first, X, labels, sample_weight=np.asarray(sample_weights)[0], l2=0.0,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
-                                       in_place=True, require_counted=False)
+                                       in_place=mesh is None, require_counted=False, mesh=mesh,
+                                       data_axis=data_axis)
     if b is not None and b.shape != (m, W.shape[2]):
         raise ValueError(f"`params.b` must be (M, K) = ({m}, {W.shape[2]}); got {b.shape}.")
     means = scales = None
@@ -128,6 +134,9 @@ def fit_many(
     # NumPy inputs (no eager JAX conversions to compile); the program itself comes from _aot.
     start = jax.tree_util.tree_map(lambda a: np.asarray(a, acc), Params(W, b))
     weights = np.asarray(sample_weights, problem.X.dtype)
+    if plan.mesh is not None:  # each model's row weights split like the rows
+        weights = jax.device_put(weights, jax.sharding.NamedSharding(
+            plan.mesh, jax.sharding.PartitionSpec(None, data_axis)))
     shapes = Params(jax.ShapeDtypeStruct(W.shape[1:], W.dtype),
                     None if b is None else jax.ShapeDtypeStruct(b.shape[1:], b.dtype))
     segment_statics = tuple(sorted(chosen.statics(shapes)[1].items()))

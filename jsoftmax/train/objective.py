@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .. import _api
@@ -64,6 +65,23 @@ def tree_axpy(alpha, x, y):
 
 def inf_norm(tree) -> jax.Array:
     return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+def half_precision_start(params, X) -> tuple[Any, Params | None]:
+    """(params to validate, the start to keep) for a 16-bit X (features stored in bfloat16 or
+    float16) with float32 or float64 params: the params are checked as X's dtype, but the fit
+    starts from them as given and returns them in their own dtype. X itself is never widened:
+    the products read it as stored and accumulate in float32 (``_engine.matmul``), and the
+    solver's state is float32 (the accumulation dtype of 16-bit data)."""
+    x_dtype = getattr(X, "dtype", None)
+    leaves = params if isinstance(params, tuple) else (params,)
+    w_dtype = getattr(leaves[0], "dtype", None)
+    if x_dtype is None or w_dtype is None or np.dtype(x_dtype).itemsize != 2 or np.dtype(x_dtype).kind not in "fV" \
+            or np.dtype(w_dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return params, None
+    wide = Params(*[None if a is None else np.asarray(a) for a in (leaves + (None,))[:2]])
+    narrow = jax.tree_util.tree_map(lambda a: a.astype(x_dtype), wide)
+    return (narrow if isinstance(params, Params) else narrow.W), wide
 
 
 def in_dtype(params: Params, dtype) -> Params:

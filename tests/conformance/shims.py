@@ -61,7 +61,7 @@ def _swapped(estimator, **values):
 
 class LogisticRegression(SoftmaxRegression):
     # jsoftmax's options that scikit-learn's signature lacks, at their defaults.
-    learning_rate, batch_size, standardize, dtype = 0.01, None, False, "float64"
+    learning_rate, batch_size, standardize, dtype, devices = 0.01, None, False, "float64", None
 
     def __init__(self, penalty="deprecated", *, C=1.0, l1_ratio=0.0, dual=False, tol=1e-4,
                  fit_intercept=True, intercept_scaling=1, class_weight=None, random_state=None,
@@ -89,7 +89,7 @@ class LogisticRegression(SoftmaxRegression):
 
 
 class LogisticRegressionCV(SoftmaxRegressionCV):
-    standardize, dtype = False, "float64"
+    standardize, dtype, devices = False, "float64", None
 
     def __init__(self, *, Cs=10, l1_ratios="warn", fit_intercept=True, cv=None, dual=False,
                  penalty="deprecated", scoring="warn", solver="lbfgs", tol=1e-4, max_iter=100,

@@ -10,12 +10,22 @@ from benchmarks import gpu
 from jsoftmax._engine import matmul
 
 
-def test_float32_products_at_full_precision_16bit_on_tensor_cores():
+def test_float32_products_at_full_precision_16bit_on_tensor_cores(monkeypatch):
     a32 = jnp.ones((4, 3), jnp.float32)
     hlo32 = jax.jit(matmul).lower(a32, a32.T).as_text()
-    hlo16 = jax.jit(matmul).lower(a32.astype(jnp.bfloat16), a32.T.astype(jnp.bfloat16)).as_text()
     assert "HIGHEST" in hlo32
+    # (Shapes of their own: the platform is read when a product is traced, and traces are kept.)
+    # On an accelerator a 16-bit product runs on the tensor cores, accumulating in float32.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    a16 = jnp.ones((4, 7), jnp.bfloat16)
+    hlo16 = jax.jit(matmul).lower(a16, a16.T).as_text()
     assert "HIGHEST" not in hlo16 and "bf16" in hlo16 and "-> tensor<4x4xf32>" in hlo16
+    # A CPU has no 16-bit matrix units (nor a batched 16-bit product): the operands are widened
+    # exactly to float32 and multiplied at full precision.
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    a16 = jnp.ones((4, 9), jnp.bfloat16)
+    hlo_cpu = jax.jit(matmul).lower(a16, a16.T).as_text()
+    assert "HIGHEST" in hlo_cpu and "convert" in hlo_cpu
 
 
 def test_lmhead_part_and_report_on_cpu(monkeypatch, tmp_path):
@@ -91,3 +101,25 @@ def test_sparse_part_reports_device_peaks_and_what_ran_out_of_time(monkeypatch, 
     summary = gpu.summary_markdown({"command": "c", "quick": True, "machine": gpu.machine(),
                                     "parts": {"sparse": {"returncode": 0, **payload}}})
     assert "## Sparse fits vs scikit-learn" in summary
+
+
+def test_probe_part_dry_run(tmp_path):
+    # The linear-probe part at small shapes on this machine: every column it reports is filled.
+    out = tmp_path / "gpu"
+    assert gpu.main(["--dry-run", "--out", str(out), "--parts", "probe", "--budget-s", "240"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    probe = payload["parts"]["probe"]
+    assert probe["returncode"] == 0 and not probe["skipped"], probe.get("error_tail")
+    assert [(r["problem"], r["dtype"]) for r in probe["results"]] == [
+        ("imnet", "float32"), ("imnet", "bfloat16"), ("places", "float32"), ("places", "bfloat16")]
+    for row in probe["results"]:
+        assert row["val_accuracy"] > 1.5 / row["shape"][2]  # the planted model is learned
+        assert len(row["search"]["val_accuracy"]) == 8 and row["search"]["refit_val_accuracy"] > 0
+        assert row["stop_reason"] in ("gtol", "stalled")
+    float32 = [r for r in probe["results"] if r["dtype"] == "float32"]
+    assert all(r["sklearn"]["objective"] is not None for r in float32)
+    # scikit-learn's objective is the same function as ours: at convergence they agree.
+    for row in float32:
+        if row["sklearn"]["converged"]:
+            assert row["sklearn"]["objective"] == pytest.approx(row["objective"], rel=1e-3)
+    assert "## Linear probes" in (out / "summary.md").read_text()

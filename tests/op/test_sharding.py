@@ -91,7 +91,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(tmp_path):
+def test_two_processes_train_like_one_with_optax_and_the_default_solvers(tmp_path):
     out = tmp_path / "W.npz"
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
@@ -120,9 +120,19 @@ def test_two_processes_train_like_one(tmp_path):
                        optax.lbfgs(), l2=0.05, max_iter=40, tol=0.0)
     with np.load(out) as saved:
         W, n_iter = saved["W"], int(saved["n_iter"])
+        default_solvers = {"lbfgs": saved["W_lbfgs"], "newton-cg": saved["W_newton"]}
     assert n_iter == one.n_iter
     err = np.linalg.norm(W - np.asarray(one.params.W)) / np.linalg.norm(np.asarray(one.params.W))
     assert err <= 1e-5, err
+    # The default solvers across the two processes equal the one-process float64 fit.
+    from jsoftmax._compat import enable_x64
+
+    with enable_x64():
+        for solver, W in default_solvers.items():
+            alone = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X.astype(np.float64), y,
+                                 solver=solver, l2=0.05, tol=1e-12, max_iter=500)
+            reference = np.asarray(alone.params.W)
+            assert np.abs(W - reference).max() <= 1e-10 * np.abs(reference).max(), solver
 
 
 def test_sparse_x_shards_over_rows(report):

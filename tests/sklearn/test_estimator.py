@@ -276,3 +276,20 @@ def test_row_bucket_pads_at_most_an_eighth():
     buckets = np.array([row_bucket(int(n)) for n in sizes])
     assert np.all(buckets >= sizes) and np.all(buckets <= np.maximum(64, np.ceil(sizes * 1.125)))
     assert len(np.unique(buckets)) < 100  # few programs for many sizes
+
+
+def test_model_files_from_before_devices_load_and_devices_are_not_saved(tmp_path):
+    # `devices` says where a fit runs, not what the model is: saved as None, and a file written
+    # before the hyperparameter existed loads with its default.
+    from jsoftmax.io import files
+
+    X, y = datasets.load_iris(return_X_y=True)
+    model = SoftmaxRegression(standardize=True, devices=1).fit(X, y)
+    model.save(tmp_path / "m.npz")
+    arrays, meta = files.load_npz(tmp_path / "m.npz", kind="model")
+    assert meta["params"]["devices"] is None
+    del meta["params"]["devices"]
+    files.atomic_save_npz(tmp_path / "old.npz", arrays, meta)
+    old = SoftmaxRegression.load(tmp_path / "old.npz")
+    assert old.devices is None
+    np.testing.assert_array_equal(old.predict(X), model.predict(X))

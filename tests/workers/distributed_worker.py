@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import jsoftmax  # noqa: E402
+from jsoftmax._compat import enable_x64  # noqa: E402
 
 
 from tests.helpers import distributed_data as data  # noqa: E402 (the rows the test compares with)
@@ -39,8 +40,18 @@ def main():
     result = jsoftmax.fit(start, X_global, y_global, optax.lbfgs(), l2=0.05, max_iter=40, tol=0.0,
                           mesh=mesh, data_axis="data")
     W = np.asarray(jax.experimental.multihost_utils.process_allgather(result.params.W, tiled=True))
+    # The default solvers, in float64, on the same rows: each process feeds only its own.
+    fitted = {}
+    with enable_x64():
+        X64 = X.astype(np.float64)
+        X_global = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data", None)), X64[half])
+        y_global = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), y[half])
+        for solver in ("lbfgs", "newton-cg"):
+            run = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X_global, y_global,
+                               solver=solver, l2=0.05, tol=1e-12, max_iter=500, mesh=mesh, data_axis="data")
+            fitted[solver] = np.asarray(jax.experimental.multihost_utils.process_allgather(run.params.W, tiled=True))
     if process_id == 0:
-        np.savez(out, W=W, n_iter=result.n_iter)
+        np.savez(out, W=W, n_iter=result.n_iter, W_lbfgs=fitted["lbfgs"], W_newton=fitted["newton-cg"])
     jax.distributed.shutdown()
 
 
