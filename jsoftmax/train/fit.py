@@ -183,6 +183,13 @@ def fit(
                                        mesh=mesh, data_axis=data_axis, class_axis=class_axis,
                                        in_place=options.batch_size is None)
     _check_layout(problem.X, options, mesh, data_axis)
+    agree_across_processes(mesh, {
+        "X": (tuple(problem.X.shape), str(problem.X.dtype)), "params": (tuple(problem.W.shape), problem.b is not None),
+        "l2": float(l2), "label_smoothing": float(label_smoothing), "ignore_index": int(ignore_index),
+        "solver": None if options.solver is None else options.solver.name, "optimizer": optimizer is not None,
+        "batch_size": options.batch_size, "max_iter": options.max_iter, "max_epochs": options.max_epochs,
+        "tol": float(options.tol), "seed": seed, "data_axis": data_axis, "class_axis": class_axis,
+        "feature_scaling": (feature_mean is not None, feature_scale is not None)})
     data = Data(problem.X, problem.labels, problem.sample_weight, l2, label_smoothing,
                 _affine(feature_mean, feature_scale, problem.X))
     # 16-bit params train as float32 masters (see objective) and come back in their dtype;
@@ -206,6 +213,28 @@ def fit(
                               max_epochs=options.max_epochs, patience=options.patience, seed=seed,
                               validation=validation, callback=callback, checkpoints=checkpoints, resume=resume)
     return _result(run, data, spec, plan, out_dtype, options.tol, bare=not isinstance(params, Params))
+
+
+def agree_across_processes(mesh, fields: dict[str, Any]) -> None:
+    """On a mesh spanning several processes, every process must fit the same problem: a process
+    with other shapes or options would wait forever in a collective the others never enter.
+    Each field's digest is gathered from every process (one small all-gather) and every process
+    raises the same ``ValueError``, naming the fields that differ, before anything runs."""
+    if mesh is None or jax.process_count() == 1:
+        return
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    names = sorted(fields)
+    digests = np.array([int.from_bytes(hashlib.sha256(repr(fields[name]).encode()).digest()[:4], "little")
+                        for name in names], np.uint32)
+    gathered = np.asarray(multihost_utils.process_allgather(digests))  # (processes, fields)
+    differ = [name for j, name in enumerate(names) if np.any(gathered[:, j] != gathered[0, j])]
+    if differ:
+        raise ValueError(f"the {jax.process_count()} processes disagree on {', '.join(differ)} "
+                         f"(this is process {jax.process_index()}): every process must call fit with the "
+                         "same shapes and options.")
 
 
 def _check_layout(X, options: FitOptions, mesh, data_axis) -> None:

@@ -133,6 +133,11 @@ def test_two_processes_train_like_one_with_optax_and_the_default_solvers(tmp_pat
                                  solver=solver, l2=0.05, tol=1e-12, max_iter=500)
             reference = np.asarray(alone.params.W)
             assert np.abs(W - reference).max() <= 1e-10 * np.abs(reference).max(), solver
+    # Processes that disagree on l2: every process raised the same error naming it (no hang).
+    for process in (0, 1):
+        message = (tmp_path / f"W.npz.{process}.txt").read_text()
+        assert message == (f"the 2 processes disagree on l2 (this is process {process}): every process must "
+                           "call fit with the same shapes and options."), message
 
 
 def test_sparse_x_shards_over_rows(report):

@@ -50,6 +50,15 @@ def main():
             run = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X_global, y_global,
                                solver=solver, l2=0.05, tol=1e-12, max_iter=500, mesh=mesh, data_axis="data")
             fitted[solver] = np.asarray(jax.experimental.multihost_utils.process_allgather(run.params.W, tiled=True))
+        # Processes that disagree on an option: the same clear error on each, no hang.
+        try:
+            jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X_global, y_global, solver="lbfgs",
+                         l2=0.05 if process_id == 0 else 0.06, max_iter=5, mesh=mesh, data_axis="data")
+            message = "no error"
+        except ValueError as err:
+            message = str(err)
+        with open(f"{out}.{process_id}.txt", "w") as handle:
+            handle.write(message)
     if process_id == 0:
         np.savez(out, W=W, n_iter=result.n_iter, W_lbfgs=fitted["lbfgs"], W_newton=fitted["newton-cg"])
     jax.distributed.shutdown()
