@@ -692,6 +692,25 @@ def random_problem(n, d, k, *, dtype=jnp.float64, seed=0, soft=False, bias=False
     return Params(W, b), X, labels, sample_weight
 
 
+def verify_problem(n: int, d: int, k: int, *, dtype: str = "float64", option_set: str = "plain",
+                   labels: str = "int", seed: int = 0, bare: bool = False, **functions) -> GradientReport:
+    """check_gradient on one seeded :func:`random_problem` of size N×D×K with the options of
+    ``OPTION_SETS[option_set]``, computed in ``dtype``; ``bare``: a problem without a bias is
+    given as W alone (what a learner's ``grad(W, X, y)`` takes). ``functions``: the caller's
+    ``jacobian_fn``/``score_grad_fn``/``grad_fn``."""
+    spec = OPTION_SETS[option_set]
+    with enable_x64(dtype == "float64"):
+        params, X, y, weights = random_problem(
+            n, d, k, dtype=dtype, soft=labels == "soft", seed=seed, bias=spec.get("bias", False),
+            ignore=spec.get("ignore", False), weights=spec.get("sample_weight", False))
+        report = check_gradient(params.W if bare and params.b is None else params, X, y, seed=seed,
+                                sample_weight=weights, l2=spec.get("l2", 0.0),
+                                label_smoothing=spec.get("label_smoothing", 0.0), softcap=spec.get("softcap"),
+                                **functions)
+    report.problem["option_set"] = option_set
+    return report
+
+
 def verify_grid(
     sizes=DEFAULT_SIZES,
     dtypes=("float64", "float32"),
@@ -700,24 +719,10 @@ def verify_grid(
     seed: int = 0,
 ) -> list[GradientReport]:
     """check_gradient over the product of option sets, label kinds and dtypes; sizes cycle."""
-    reports = []
     combos = list(itertools.product(option_sets, label_kinds))
-    for dtype_name in dtypes:
-        for i, (option_set, kind) in enumerate(combos):
-            n, d, k = sizes[i % len(sizes)]
-            with enable_x64(dtype_name == "float64"):
-                spec = OPTION_SETS[option_set]
-                params, X, labels, weights = random_problem(
-                    n, d, k, dtype=dtype_name, soft=kind == "soft", seed=seed + i,
-                    bias=spec.get("bias", False), ignore=spec.get("ignore", False),
-                    weights=spec.get("sample_weight", False))
-                report = check_gradient(params, X, labels, seed=seed + i, sample_weight=weights,
-                                        l2=spec.get("l2", 0.0),
-                                        label_smoothing=spec.get("label_smoothing", 0.0),
-                                        softcap=spec.get("softcap"))
-            report.problem["option_set"] = option_set
-            reports.append(report)
-    return reports
+    return [verify_problem(*sizes[i % len(sizes)], dtype=dtype_name, option_set=option_set, labels=kind,
+                           seed=seed + i)
+            for dtype_name in dtypes for i, (option_set, kind) in enumerate(combos)]
 
 
 def summarise(reports: list[GradientReport]) -> list[dict[str, Any]]:

@@ -101,23 +101,12 @@ def _verify_one(args: argparse.Namespace) -> int:
     """``jsoftmax verify --problem NxDxK``: one seeded problem, one table (and the learner's
     own functions, each on the step it implements)."""
     from .. import _verify
-    from .._compat import enable_x64
 
     functions = {name: _load_function(getattr(args, name), "--" + name.replace("_", "-"))
                  for name in ("grad_fn", "jacobian_fn", "score_grad_fn") if getattr(args, name)}
-    n, d, k = args.problem
-    dtype = (args.dtype or ["float64"])[0]
-    option_set = (args.options or ["plain"])[0]
-    spec = _verify.OPTION_SETS[option_set]
-    with enable_x64(dtype == "float64"):
-        params, X, labels, weights = _verify.random_problem(
-            n, d, k, dtype=dtype, soft=(args.labels or ["int"])[0] == "soft", seed=args.seed,
-            bias=spec.get("bias", False), ignore=spec.get("ignore", False), weights=spec.get("sample_weight", False))
-        # Without a bias, a bare W (what a learner's grad(W, X, y) takes and returns).
-        report = _verify.check_gradient(params.W if params.b is None else params, X, labels, seed=args.seed,
-                                        sample_weight=weights,
-                                        l2=spec.get("l2", 0.0), label_smoothing=spec.get("label_smoothing", 0.0),
-                                        softcap=spec.get("softcap"), **functions)
+    report = _verify.verify_problem(*args.problem, dtype=(args.dtype or ["float64"])[0],
+                                    option_set=(args.options or ["plain"])[0], labels=(args.labels or ["int"])[0],
+                                    seed=args.seed, bare=True, **functions)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
