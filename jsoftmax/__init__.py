@@ -19,6 +19,7 @@ from ._api import risk as risk
 from ._api import risk_grad as risk_grad
 from ._api import value_and_grad as value_and_grad
 from ._mesh import shard_arrays as shard_arrays
+from ._sparse import ProcessRows as ProcessRows
 from .train import FitResult as FitResult
 from .train import ManyResult as ManyResult
 from .train import fit as fit
@@ -57,6 +58,7 @@ __all__ = [
     "GradientReport",
     "ManyResult",
     "Params",
+    "ProcessRows",
     "SoftmaxRegression",
     "SoftmaxRegressionCV",
     "check_gradient",

@@ -204,7 +204,8 @@ def _key(jitted: Callable, args: tuple, static: dict[str, Any]) -> str | None:
         if isinstance(leaf, jax.Array) and leaf.sharding.device_set != {device}:
             return None
         aval = jax.typeof(leaf)
-        avals.append(f"{aval.dtype}{aval.shape}{'w' if getattr(aval, 'weak_type', False) else ''}")
+        memory = getattr(getattr(leaf, "sharding", None), "memory_kind", None) or ""  # host or device
+        avals.append(f"{aval.dtype}{aval.shape}{'w' if getattr(aval, 'weak_type', False) else ''}{memory}")
     text = "\n".join([_source(), machine(), f"{jitted.__module__}.{jitted.__qualname__}",
                       statics, str(tree), ",".join(avals)])
     return hashlib.sha256(text.encode()).hexdigest()

@@ -34,7 +34,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
-from . import _aot, _engine, _inplace, _layouts, _mesh, _rows, _sparse, _validate
+from . import _aot, _engine, _host, _inplace, _layouts, _mesh, _rows, _sparse, _validate
 from ._reference import reference_loss
 from ._types import (
     Bias,
@@ -63,16 +63,24 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
             ignore_index=-100, reduction="mean", check_values=True, chunk_rows=None,
             class_chunk=None, mesh=None, data_axis=None, class_axis=None, softcap=None,
             backward="auto", weight_grad_accumulation="auto", in_place=False,
-            names=_validate.RISK_NAMES, require_counted=True
+            feature_memory="device", names=_validate.RISK_NAMES, require_counted=True
             ) -> tuple[_validate.Problem, LossSpec, Plan]:
     """Validate and place the inputs of any loss; return them with what the loss is and how it
     runs. Raises ``ValueError``/``TypeError`` naming the argument (see ``_validate``).
 
     ``in_place``: a large NumPy X (or a sparse X's CSR arrays) on a CPU is read where it lies
     instead of copied (``_inplace``, ``_sparse``); for callers that block until their program
-    ends (fits), since X must not change while it runs. Not with a ``mesh``. ``names``: how the
+    ends (fits), since X must not change while it runs. Not with a ``mesh``. ``feature_memory``:
+    ``"device"``, ``"host"`` or ``"auto"`` — with ``in_place``, a dense X may stay in host memory
+    and reach the device a block of rows at a time (``_host``). ``names``: how the
     calling function names its arguments (for messages); ``require_counted``: refuse concrete
     data in which no row counts (see ``_validate.check_values``)."""
+    feature_memory = _validate.check_choice(feature_memory, "feature_memory", _host.FEATURE_MEMORIES)
+    if feature_memory == "host" and (mesh is not None or not in_place):
+        raise ValueError("feature_memory='host' needs a full-batch fit on one device (no `mesh`, no "
+                         "`batch_size`): the row blocks stream from host memory in order.")
+    if isinstance(X, _sparse.ProcessRows):  # this process's rows of a multi-process X
+        X = _process_rows(X, mesh, data_axis, class_axis, names)
     problem = _validate.prepare_problem(params, X, labels, sample_weight, l2, label_smoothing,
                                         ignore_index, keep_host=in_place and mesh is None, names=names)
     _validate.check_scalar(z_loss, "z_loss", low=0.0, high=None)
@@ -87,7 +95,8 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     if class_axis is not None and class_chunk is not None:
         raise ValueError("`class_chunk_size` cannot be combined with `class_axis`: the mesh "
                          "splits the classes.")
-    sparse = isinstance(problem.X, _sparse.CSR)
+    local_rows = isinstance(problem.X, _sparse.ProcessRows)  # laid out below, once the plan is known
+    sparse = isinstance(problem.X, _sparse.CSR) or local_rows
     if sparse and class_chunk is not None:
         raise ValueError("`class_chunk_size` is not supported for a sparse X: its chunks hold all "
                          "K classes (text problems have few).")
@@ -100,13 +109,22 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
     plan = _engine.make_plan(n, problem.X.shape[1], k, chunk_rows=chunk_rows, class_chunk=class_chunk,
                              mesh=_mesh.auto_mesh(mesh), data_axis=data_axis, class_axis=class_axis,
                              grad_dtype=grad_dtype, recompute=_engine.recompute_backward(backward),
-                             sparse_indptr=problem.X.indptr if sparse else None,
+                             sparse_indptr=(problem.X.rows.indptr if local_rows else problem.X.indptr) if sparse
+                             else None,
                              itemsize=np.dtype(problem.X.dtype).itemsize)
+    if sparse and feature_memory == "host":
+        raise ValueError("feature_memory='host' takes a dense X; a sparse X is held on the device "
+                         "as its stored entries (usually far smaller).")
+    host = (in_place and mesh is None and not sparse and _host.keeps_on_host(
+        feature_memory, problem.X, _host.working_bytes(problem.X.shape[1], k, plan.chunk_rows,
+                                                       np.dtype(problem.X.dtype).itemsize)))
     placed = _mesh.place_inputs(mesh, data_axis, class_axis, W=problem.W, b=problem.b,
-                                X=None if sparse else problem.X, labels=problem.labels,
+                                X=None if sparse or host else problem.X, labels=problem.labels,
                                 sample_weight=problem.sample_weight)
     if sparse:
         placed["X"] = problem.X
+    elif host:  # in host memory, read by the device a block of rows at a time
+        placed["X"] = _host.place(problem.X, plan.chunk_rows)
     elif isinstance(placed["X"], np.ndarray):  # kept on the host for in_place: read where it lies
         placed["X"] = _inplace.place(placed["X"], plan.chunk_rows)
     problem = problem._replace(**placed)
@@ -115,7 +133,10 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
         _validate.check_params(problem.W, problem.b, names=names, l2=(l2, 0.0, np.inf),
                                label_smoothing=(label_smoothing, 0.0, 1.0),
                                z_loss=(z_loss, 0.0, np.inf))
-    if sparse:  # laid out for the plan's chunks, on the device (each device its own rows)
+    if local_rows:  # each process lays out its own rows; the processes agree on the chunks
+        problem = problem._replace(X=_sparse.across_processes(problem.X.rows, plan.chunk_rows, plan.mesh, data_axis))
+        plan = dataclasses.replace(plan, chunk_rows=problem.X.chunk_rows)
+    elif sparse:  # laid out for the plan's chunks, on the device (each device its own rows)
         blocks, sharding = 1, None
         if plan.mesh is not None:
             blocks = plan.mesh.shape[data_axis]
@@ -124,6 +145,23 @@ def prepare(params, X, labels, *, sample_weight=None, l2=0.0, label_smoothing=0.
                                                           sharding=sharding,
                                                           in_place=in_place and mesh is None))
     return problem, spec, plan
+
+
+def _process_rows(X: _sparse.ProcessRows, mesh, data_axis, class_axis, names) -> Any:
+    """``X``'s rows of this process: a dense X as the global array they form (JAX's
+    ``make_array_from_process_local_data``); a sparse one validated here, laid out by
+    ``prepare`` once the plan is known."""
+    if mesh is None or data_axis is None or class_axis is not None:
+        raise ValueError(f"`{names.X}` given as ProcessRows (this process's rows) needs a `mesh` with a "
+                         "`data_axis` over the processes' devices, and no `class_axis`.")
+    if X.sparse:
+        csr = _sparse.as_csr(X.rows, names.X)
+        _sparse.agree_on_process_rows(*csr.shape, bool(np.all(np.isfinite(csr.data))), mesh, data_axis)
+        return _sparse.ProcessRows(csr)
+    rows = _validate.host_array(X.rows, names.X)
+    _sparse.agree_on_process_rows(*rows.shape, _validate.host_finite(rows), mesh, data_axis)
+    sharding = jax.sharding.NamedSharding(_mesh.auto_mesh(mesh), P(data_axis, None))
+    return jax.make_array_from_process_local_data(sharding, rows, X.shape)
 
 
 def plan_rows(plan: Plan, rows: int, d: int, k: int, itemsize: int, *, classes: int | None = None) -> Plan:

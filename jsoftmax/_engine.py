@@ -416,18 +416,16 @@ def _evaluate_local(W, b, X, labels, coef, eps, zeta, spec, plan, want, lse, cla
                        jnp.zeros((n,), acc) if want.rows else None,
                        jnp.zeros((n,), jnp.int32) if want.predictions else None)
 
-        def step(carry, start, size):
+        def step(carry, start, x):
             sums, rows = carry
-            y, cf, ls = (None if a is None else lax.dynamic_slice_in_dim(a, start, size, axis=0)
+            y, cf, ls = (None if a is None else lax.dynamic_slice_in_dim(a, start, x.shape[0], axis=0)
                          for a in (labels, coef, lse))
-            sums, out = block(sums, _layouts.row_block(X, start, size), y, cf, ls, head, st)
+            sums, out = block(sums, x, y, cf, ls, head, st)
             rows = jax.tree_util.tree_map(
                 lambda buf, part: lax.dynamic_update_slice_in_dim(buf, part, start, 0), rows, out)
             return sums, rows
 
-        n_full, rem = divmod(n, c)
-        carry = lax.fori_loop(0, n_full, lambda i, carry: step(carry, i * c, c), (sums, rows))
-        sums, rows = step(carry, n_full * c, rem) if rem else carry
+        sums, rows = _layouts.over_row_blocks(X, step, (sums, rows), rows=c)
     return Evaluation(sums.value, sums.gW, sums.gb, rows.gX, rows.g_labels, rows.loss, rows.lse,
                       rows.predicted)
 
@@ -589,15 +587,9 @@ def hessian_vector(W: Weights, b: Bias | None, X: Features | Layout, labels, coe
         return HW, None if Hb is None else Hb + jnp.sum(h, axis=0)
 
     carry = (jnp.zeros((d, k), acc), None if b is None else jnp.zeros((k,), acc))
-    rows = max(1, min(plan.chunk_rows, n))
-    n_full, rem = divmod(n, rows)
 
-    def step(i, carry, size=rows):
-        start = i * rows
-        y, c = (lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in (labels, coef))
-        return block(carry, _layouts.row_block(X, start, size), y, c)
+    def step(carry, start, x):
+        y, c = (lax.dynamic_slice_in_dim(a, start, x.shape[0], axis=0) for a in (labels, coef))
+        return block(carry, x, y, c)
 
-    carry = lax.fori_loop(0, n_full, step, carry)
-    if rem:
-        carry = step(n_full, carry, rem)
-    return carry
+    return _layouts.over_row_blocks(X, step, carry, rows=max(1, min(plan.chunk_rows, n)))

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import _layouts
+
 ALIGNMENT = 64  # bytes: what XLA on CPU needs to adopt a host buffer
 # Smaller X are copied as before: the copy is cheap and needs no other program.
 MIN_BYTES = 16 * 2**20
@@ -166,6 +168,7 @@ class InPlaceRows:
         branch = jnp.where(start == 0, 0, jnp.where(start + size >= n, 1, 2))
         return lax.switch(branch, (first, last, middle) if size + 2 <= n else (first, last))
 
-    def max_abs(self) -> jax.Array:
-        """max |x| over X (NaN if any value is NaN): the edges' padding zeros change nothing."""
-        return jnp.maximum(jnp.max(jnp.abs(self.body)), jnp.max(jnp.abs(self.edges)))
+    def nonfinite_marker(self) -> jax.Array:
+        """0 when every value of X is finite, NaN otherwise (``_layouts.nonfinite_marker``): the
+        edges' padding zeros change nothing."""
+        return _layouts.nonfinite_marker(self.body) + _layouts.nonfinite_marker(self.edges)

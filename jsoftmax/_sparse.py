@@ -340,19 +340,9 @@ def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: 
     if blocks == 1:
         leaves, window, last_window = _host_layout(csr.indptr, csr.indices, csr.data, d, c, transposed)
     else:
-        size = n // blocks
-        parts = []
-        for i in range(blocks):
-            lo, hi = int(csr.indptr[i * size]), int(csr.indptr[(i + 1) * size])
-            parts.append(_host_layout(csr.indptr[i * size:(i + 1) * size + 1] - lo, csr.indices[lo:hi],
-                                      csr.data[lo:hi], d, c, transposed))
-        window = max(p[1] for p in parts)
-        last_window = max(p[2] for p in parts)
-        longest = max(p[0][0].shape[0] for p in parts)
-        padded = [[None if a is None else (np.pad(a, (0, longest - a.shape[0])) if j in (0, 1, 3) else a)
-                   for j, a in enumerate(leaves)] for leaves, _, _ in parts]
-        leaves = [None if padded[0][j] is None else np.stack([p[j] for p in padded])
-                  for j in range(len(padded[0]))]
+        parts = _block_layouts(csr, blocks, c, transposed)
+        window, last_window, longest = (max(p[j] for p in parts) for j in (1, 2, 3))
+        leaves = _stacked(parts, longest)
         in_place = False
     data, indices, indptr, t_order, t_indptr = leaves
     # Copies complete before returning: X's arrays may be the caller's (see _inplace.private_copy).
@@ -361,6 +351,113 @@ def chunked_rows(csr: CSR, chunk_rows: int, *, transposed: bool = True, blocks: 
         _adopted(a) if in_place else (put(a), None, 0) for a in (data, indices))
     return SparseRows(data, indices, put(indptr), data_head, indices_head, put(t_order), put(t_indptr),
                       (n, d), c, window, last_window, blocks, data_shift, indices_shift)
+
+
+def _block_layouts(csr: CSR, blocks: int, c: int, transposed: bool) -> list:
+    """(leaves, window, last window, stored entries) of each of ``blocks`` equal blocks of rows."""
+    size, d = csr.shape[0] // blocks, csr.shape[1]
+    parts = []
+    for i in range(blocks):
+        lo, hi = int(csr.indptr[i * size]), int(csr.indptr[(i + 1) * size])
+        leaves, window, last_window = _host_layout(csr.indptr[i * size:(i + 1) * size + 1] - lo,
+                                                   csr.indices[lo:hi], csr.data[lo:hi], d, c, transposed)
+        parts.append((leaves, window, last_window, leaves[0].shape[0]))
+    return parts
+
+
+def _stacked(parts: list, longest: int) -> list:
+    """The blocks' leaves stacked along a leading axis, the flat ones padded to ``longest``."""
+    padded = [[None if a is None else (np.pad(a, (0, longest - a.shape[0])) if j in (0, 1, 3) else a)
+               for j, a in enumerate(leaves)] for leaves, *_ in parts]
+    return [None if padded[0][j] is None else np.stack([p[j] for p in padded]) for j in range(len(padded[0]))]
+
+
+class ProcessRows:
+    """This process's rows of an X whose rows are split over the processes of a multi-process
+    run (``jax.distributed``): pass ``ProcessRows(X_local)`` as ``X`` to :func:`jsoftmax.fit`
+    with a ``mesh`` and ``data_axis`` spanning the processes' devices, and each process reads
+    only its own rows. ``X_local`` (n, D): dense (NumPy) or sparse (scipy.sparse, BCOO, BCSR),
+    the same n on every process, process p holding global rows ``[p·n, (p + 1)·n)`` (the
+    devices' order along the data axis). Labels and sample weights are global arrays, as
+    ``jax.make_array_from_process_local_data`` makes them.
+
+    Example:
+      >>> import numpy as np, jsoftmax
+      >>> rows = jsoftmax.ProcessRows(np.ones((4, 3), np.float32))
+      >>> rows.shape  # the global shape: every process's rows
+      (4, 3)
+    """
+
+    def __init__(self, rows: Any):
+        if not (is_sparse(rows) or isinstance(rows, CSR) or hasattr(rows, "shape")):
+            raise TypeError(f"ProcessRows takes a 2-D NumPy or sparse array; got {type(rows).__name__}.")
+        if len(rows.shape) != 2:
+            raise ValueError(f"ProcessRows takes this process's rows as a 2-D (n, D) array; got shape {rows.shape}.")
+        self.rows = rows
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows.shape[0] * jax.process_count(), self.rows.shape[1])
+
+    @property
+    def dtype(self):
+        return self.rows.dtype
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def sparse(self) -> bool:
+        return is_sparse(self.rows) or isinstance(self.rows, CSR)
+
+
+def agree_on_process_rows(n: int, d: int, finite: bool, mesh, data_axis: str) -> None:
+    """Every process holds ``n`` rows of ``d`` features, all finite, that its devices of the data
+    axis divide evenly; otherwise every process raises the same ``ValueError`` (one small
+    all-gather, before anything else a fit does across processes: no process waits forever)."""
+    from jax.experimental import multihost_utils
+
+    processes = jax.process_count()
+    blocks = mesh.shape[data_axis]
+    local_blocks = max(blocks // processes, 1)
+    facts = np.asarray(multihost_utils.process_allgather(np.array([n, d, finite], np.int64)))
+    here = f"(this is process {jax.process_index()})"
+    if np.any(facts[:, :2] != facts[0, :2]):
+        raise ValueError(f"every process must hold the same number of rows and features of `X`; they hold "
+                         f"{[tuple(f) for f in facts[:, :2].tolist()]} {here}.")
+    if not facts[:, 2].all():
+        raise ValueError(f"`X` holds NaN or inf on process(es) {np.flatnonzero(facts[:, 2] == 0).tolist()}; "
+                         "clean or impute the features first.")
+    if blocks % processes or n % local_blocks:
+        raise ValueError(f"each process's {n} rows of `X` must split evenly over its {local_blocks} device(s) of "
+                         f"the {data_axis!r} axis ({blocks} in all); pad them with empty, zero-weight rows.")
+
+
+def across_processes(csr: CSR, chunk_rows: int, mesh, data_axis: str) -> SparseRows:
+    """A sparse X of which each process holds its own rows (``csr``, checked by
+    :func:`agree_on_process_rows`), laid out as one global :class:`SparseRows`: each local
+    device of the data axis its block of the process's rows. The processes agree (two small
+    all-gathers) on the chunk size, then on the windows and the padded length."""
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    processes = jax.process_count()
+    blocks = mesh.shape[data_axis]
+    local_blocks = blocks // processes
+    n, d = csr.shape
+    c = max(1, min(chunk_rows, n // local_blocks))
+    c = int(np.asarray(multihost_utils.process_allgather(np.array([c], np.int64))).min())
+    parts = _block_layouts(csr, local_blocks, c, True)
+    sizes = np.asarray(multihost_utils.process_allgather(
+        np.array([max(p[j] for p in parts) for j in (1, 2, 3)], np.int64)))  # windows and lengths
+    window, last_window, longest = (int(v) for v in sizes.reshape(-1, 3).max(axis=0))
+    sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    put = lambda a: None if a is None else jax.make_array_from_process_local_data(  # noqa: E731
+        sharding, a, (blocks,) + a.shape[1:])
+    data, indices, indptr, t_order, t_indptr = (put(a) for a in _stacked(parts, longest))
+    return SparseRows(data, indices, indptr, None, None, t_order, t_indptr, (n * processes, d), c, window,
+                      last_window, blocks)
 
 
 def _adopted(a: np.ndarray):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _aot, _inplace, _sparse
+from . import _aot, _inplace, _layouts, _sparse
 from ._compat import is_tracer
 from ._types import Params
 
@@ -226,7 +226,9 @@ def prepare_features(params: Any, X: Any, keep_host: bool = False, names: ArgNam
     ``X`` (scipy.sparse, BCOO, BCSR) comes back as a canonical host CSR (see ``_sparse``);
     with ``keep_host`` a NumPy X of a dtype JAX keeps stays on the host (for ``_inplace``)."""
     W, b = split_params(params, names)
-    if _sparse.is_sparse(X):
+    if isinstance(X, _sparse.ProcessRows):  # this process's sparse rows (checked where laid out)
+        pass
+    elif _sparse.is_sparse(X):
         X = _sparse.as_csr(X, names.X)
     elif not (isinstance(X, jax.Array) or is_tracer(X)):
         X = host_array(X, names.X)
@@ -466,10 +468,9 @@ def _summary(xp, x_finite, labels, sample_weight, *, n_classes, soft, ignore_ind
 def _value_summary(X, labels, sample_weight, *, n_classes, soft, ignore_index):
     """:func:`_summary` in one fused pass. ``X`` None: its values were checked elsewhere (a
     sparse X, on the host)."""
-    # max|X| is one fused reduction (NaN propagates through max); all(isfinite(X)) would make
-    # XLA on CPU materialise an N×D boolean mask first.
-    x_finite = jnp.array(True) if X is None else jnp.isfinite(
-        X.max_abs() if isinstance(X, _inplace.InPlaceRows) else jnp.max(jnp.abs(X)))
+    # Σ 0·X is one fused reduction (NaN when any value is not finite); all(isfinite(X)) would
+    # make XLA on CPU materialise an N×D boolean mask first.
+    x_finite = jnp.array(True) if X is None else jnp.isfinite(_layouts.nonfinite_marker(X))
     return _summary(jnp, x_finite, labels, sample_weight, n_classes=n_classes, soft=soft,
                     ignore_index=ignore_index)
 
@@ -494,7 +495,7 @@ def _host_views(*arrays) -> list | None:
     return views
 
 
-def _host_finite(x: np.ndarray) -> bool:
+def host_finite(x: np.ndarray) -> bool:
     # max and min propagate NaN and show ±inf, without an N×D temporary.
     return x.size == 0 or bool(np.isfinite(x.max()) and np.isfinite(x.min()))
 
@@ -563,7 +564,7 @@ def check_params(W, b, *, names: ArgNames = RISK_NAMES, **options: tuple[Any, fl
             summary = _params_summary(W, b, traced)
             jax.debug.callback(partial(_raise_if_bad_params, options=bounds, names=names), summary)
     elif (views := _host_views(W, b)) is not None:
-        finite = all(v is None or _host_finite(v) for v in views)
+        finite = all(v is None or host_finite(v) for v in views)
         _raise_if_bad_params({"params_finite": finite}, options=bounds, names=names)
     else:
         with jax.ensure_compile_time_eval():
@@ -594,13 +595,15 @@ def check_values(problem: Problem, ignore_index: int, *, names: ArgNames = RISK_
     if isinstance(X, _sparse.CSR):
         check_sparse_values(X, names.X)
         X = None
+    elif isinstance(X, _sparse.ProcessRows):  # checked by every process at once when laid out
+        X = None
     if any(is_tracer(a) for a in (X, labels, sample_weight)):
         if traced_checks_enabled():
             summary = _value_summary(X, labels, sample_weight, **kwargs)
             jax.debug.callback(partial(_raise_if_invalid, **dict(report, require_counted=False)), summary)
     elif (views := _host_views(X, labels, sample_weight)) is not None:
         x, y, w = views
-        summary = _summary(np, True if x is None else _host_finite(x), y, w, **kwargs)
+        summary = _summary(np, True if x is None else host_finite(x), y, w, **kwargs)
         _raise_if_invalid(summary, **report)
     else:
         # Concrete data, possibly closed over inside the caller's jit: evaluate now, raise now.
@@ -610,9 +613,10 @@ def check_values(problem: Problem, ignore_index: int, *, names: ArgNames = RISK_
 
 
 @jax.jit
-def _max_abs(X):
-    """max |x| (NaN when any x is NaN): one fused reduction over X, dense or read in place."""
-    return X.max_abs() if isinstance(X, _inplace.InPlaceRows) else jnp.max(jnp.abs(X))
+def _nonfinite_marker(X):
+    """0 when every value of X is finite, NaN otherwise: one fused reduction over X, dense,
+    read in place or in host memory (``_layouts.nonfinite_marker``)."""
+    return _layouts.nonfinite_marker(X)
 
 
 def check_finite_features(X: Any, name: str = "X") -> None:
@@ -624,14 +628,14 @@ def check_finite_features(X: Any, name: str = "X") -> None:
         return
     if is_tracer(X):
         if traced_checks_enabled():
-            jax.debug.callback(partial(_raise_if_not_finite, name=name), jnp.isfinite(jnp.max(jnp.abs(X))))
+            jax.debug.callback(partial(_raise_if_not_finite, name=name), jnp.isfinite(_layouts.nonfinite_marker(X)))
         return
     if (views := _host_views(X)) is not None:
-        finite = _host_finite(views[0])
+        finite = host_finite(views[0])
     else:
         with jax.ensure_compile_time_eval():
-            peak = _aot.call(_max_abs, (X,), {})
-        finite = bool(np.isfinite(jax.device_get(peak)))
+            marker = _aot.call(_nonfinite_marker, (X,), {})
+        finite = bool(np.isfinite(jax.device_get(marker)))
     _raise_if_not_finite(finite, name=name)
 
 

@@ -25,6 +25,32 @@ def assert_normwise_close(actual, expected, rtol, name=""):
     assert err <= rtol, f"{name}: normwise relative error {err:.3e} > {rtol:.1e}"
 
 
+def assert_same_passes(params, problem, reference, spec, plan, X) -> None:
+    """Every pass over X — loss and gradient, H·V, the kept curvature's H·V and diagonal,
+    predictions — gives on ``problem``'s layout of X what it gives on ``reference``'s (two
+    results of ``_api.prepare`` with l2 = label smoothing = 0.1), to 1e-13 in float64."""
+    import jsoftmax
+    from jsoftmax import _api, _engine
+
+    args = lambda p: (params, p.X, p.labels, p.sample_weight, 0.1, 0.1)  # noqa: E731
+    got = _api._value_and_grad_jit(*args(problem), spec=spec, plan=plan)
+    want = _api._value_and_grad_jit(*args(reference), spec=spec, plan=plan)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-13)
+    assert_normwise_close(got[1].W, want[1].W, 1e-13, "W")
+    V = jsoftmax.Params(params.W[::-1], params.b[::-1])
+    hvp = lambda p: _api._hvp_jit(params.W, params.b, p.X, p.labels, p.sample_weight,  # noqa: E731
+                                  V.W, V.b, 0.1, 0.1, spec=spec, plan=plan)
+    assert_normwise_close(hvp(problem)[0], hvp(reference)[0], 1e-13, "HW")
+    P, r = _api.curvature(params, problem.X, problem.labels, problem.sample_weight, 0.1, spec)
+    P0, r0 = _api.curvature(params, reference.X, reference.labels, reference.sample_weight, 0.1, spec)
+    np.testing.assert_allclose(P, P0, rtol=1e-13)
+    assert_normwise_close(_api.cached_hvp(P, r, problem.X, V).W, _api.cached_hvp(P0, r0, reference.X, V).W, 1e-13)
+    for got_d, want_d in zip(_engine.hessian_diagonal(P, r, problem.X), _engine.hessian_diagonal(P0, r0, reference.X)):
+        assert_normwise_close(got_d, want_d, 1e-13, "diagonal")
+    np.testing.assert_array_equal(jax.jit(_engine.all_predictions)(params.W, params.b, problem.X),
+                                  jnp.argmax(X @ np.asarray(params.W) + np.asarray(params.b), axis=1))
+
+
 def make_problem(n, d, k, *, seed=0, dtype=jnp.float64, bias=False, soft=False, ignore=False,
                  scale=1.0):
     """Random ``(W, b, X, labels)`` from the library's seeded generator."""
@@ -88,6 +114,13 @@ class CompileCounter:
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def sparse_rows(X: np.ndarray):
+    """X with its small entries dropped, as scipy.sparse CSR (the 2-process run's sparse case)."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix(np.where(np.abs(X) > 0.8, X, 0.0))
 
 
 def distributed_data() -> tuple[np.ndarray, np.ndarray]:

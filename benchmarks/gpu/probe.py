@@ -13,17 +13,30 @@ float32 and in bfloat16, with a held-out tenth for validation. For each:
   each) at the card's dense rate for the stored dtype;
 * scikit-learn's ``LogisticRegression(lbfgs)`` on the host's cores with a time cap, on the
   float32 features: the objective it reached (warm-started in steps of 5 iterations until the
-  cap), against ours.
+  cap), against ours;
+* the out-of-device path: the same problem (regenerated with the same seed, in blocks, into
+  host memory) fitted by a child process whose device memory is capped
+  (``XLA_PYTHON_CLIENT_MEM_FRACTION``) so that X is ``OFFLOAD_RATIO`` times what the fit may
+  use, with ``feature_memory="auto"`` (which must choose host memory there): its time per
+  iteration against the in-device fit's, its device peak, and the PCIe floor beside it (X's
+  bytes per iteration over the host link). On a CPU (the dry run) the child forces
+  ``feature_memory="host"``, the same streaming code.
 
 ``--dry-run`` runs the same code at small shapes on any machine (the CI runs it on the CPU).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from functools import partial
 
 import numpy as np
 
+# X over what the capped child may use, and the host link's rate per direction (PCIe Gen5 x16,
+# H100/H200 SXM), in bytes/s.
+OFFLOAD_RATIO = 2.5
+PCIE_RATE = 64e9
 SHAPES = {"imnet": (1_281_167, 2048, 1000), "places": (2_448_873, 2048, 205)}
 QUICK_SHAPES = {"imnet": (6_000, 32, 20), "places": (8_000, 32, 8)}
 CS = np.logspace(-3, 2, 8)
@@ -46,27 +59,91 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def planted(n: int, d: int, k: int, dtype, seed: int = 0):
-    """(X, y, X_val, y_val) on the device: X standard normal in ``dtype``, labels drawn from the
-    softmax of a planted model's scores (in blocks of rows, so no N×K array exists)."""
+def planted(n: int, d: int, k: int, dtype, seed: int = 0, on_host: bool = False):
+    """(X, y, X_val, y_val): X standard normal in ``dtype``, labels drawn from the softmax of a
+    planted model's scores, both made on the device in blocks of rows (so no N×K array exists);
+    on the device, or with ``on_host`` copied block by block into host (NumPy) arrays, so that
+    the device never holds X. The same seed gives the same values either way."""
     import jax
     import jax.numpy as jnp
 
     key_x, key_w, key_g = jax.random.split(jax.random.PRNGKey(seed), 3)
     W = jax.random.normal(key_w, (d, k), jnp.float32) * (3.0 / np.sqrt(d))
-    X = jax.random.normal(key_x, (n, d), jnp.float32).astype(dtype)
 
-    @jax.jit
-    def labels_of(block, key):
+    @partial(jax.jit, static_argnums=1)
+    def block_of(i, size):
+        block = jax.random.normal(jax.random.fold_in(key_x, i), (size, d), jnp.float32).astype(dtype)
         scores = block.astype(jnp.float32) @ W
-        return jnp.argmax(scores + jax.random.gumbel(key, scores.shape), axis=1).astype(jnp.int32)
+        noise = jax.random.gumbel(jax.random.fold_in(key_g, i), scores.shape)
+        return block, jnp.argmax(scores + noise, axis=1).astype(jnp.int32)
 
-    rows = max(1, min(n, 2**28 // max(k, 1)))
-    parts = [labels_of(X[start:start + rows], jax.random.fold_in(key_g, i))
-             for i, start in enumerate(range(0, n, rows))]
-    y = jnp.concatenate(parts)
+    rows = max(1, min(n, 2**26 // max(k, d, 1)))
+    blocks = [block_of(i, min(rows, n - start)) for i, start in enumerate(range(0, n, rows))]
+    if on_host:
+        X = np.empty((n, d), jnp.dtype(dtype))
+        y = np.empty(n, np.int32)
+        for (xb, yb), start in zip(blocks, range(0, n, rows)):
+            X[start:start + xb.shape[0]], y[start:start + yb.shape[0]] = np.asarray(xb), np.asarray(yb)
+            del xb, yb
+    else:
+        X, y = jnp.concatenate([b[0] for b in blocks]), jnp.concatenate([b[1] for b in blocks])
+    del blocks
     held = n // 10
     return X[held:], y[held:], X[:held], y[:held]
+
+
+OFFLOAD_CHILD = r"""
+import json, sys, time
+import numpy as np
+import jax, jax.numpy as jnp
+import jsoftmax
+from jsoftmax import _host
+from benchmarks.gpu.probe import planted, _peak_bytes
+n, d, k, dtype_name = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+dtype = jnp.float32 if dtype_name == "float32" else jnp.bfloat16
+X, y, _, _ = planted(n, d, k, dtype, on_host=True)
+gpu = jax.devices()[0].platform != "cpu"
+memory = "auto" if gpu else "host"
+extra = _host.working_bytes(d, k, 1024, X.dtype.itemsize)
+chose_host = _host.keeps_on_host(memory, X, extra)
+l2 = 1.0 / X.shape[0]
+start = jsoftmax.Params(jnp.zeros((d, k), jnp.float32), jnp.zeros(k, jnp.float32))
+begin = time.perf_counter()
+fitted = jsoftmax.fit(start, X, y, solver="lbfgs", l2=l2, tol=1e-4, max_iter=1000, feature_memory=memory)
+jax.block_until_ready(fitted.params)
+seconds = time.perf_counter() - begin
+print(json.dumps({"fit_s": seconds, "n_iter": int(fitted.n_iter), "stop_reason": fitted.stop_reason,
+                  "feature_memory": memory, "chose_host": bool(chose_host), "free_bytes": _host.free_device_bytes(),
+                  "device_peak_bytes": _peak_bytes(), "loss": float(fitted.history["loss"][-1])}))
+"""
+
+
+def out_of_device(n: int, d: int, k: int, dtype_name: str, x_bytes: int, timeout_s: float) -> dict:
+    """The fit from host memory in a child whose device memory is capped (see the module doc)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import jax
+
+    root = Path(__file__).resolve().parent.parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), JSOFTMAX_CACHE_DIR="off")
+    stats = jax.devices()[0].memory_stats() or {}
+    fraction = None
+    if "bytes_limit" in stats:  # the pool is 75% of the card by default: the card's bytes from it
+        total = stats["bytes_limit"] / float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0.75))
+        fraction = x_bytes / OFFLOAD_RATIO / total
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.4f}"
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    try:
+        done = subprocess.run([sys.executable, "-c", OFFLOAD_CHILD, str(n), str(d), str(k), dtype_name],
+                              capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s", "mem_fraction": fraction}
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:], "mem_fraction": fraction}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "mem_fraction": fraction}
 
 
 def _as_stored(params, X):
@@ -162,6 +239,12 @@ def run(quick: bool, deadline: float | None = None, on_result=None) -> dict:
             row["search"] = {"seconds": time.perf_counter() - begin, "Cs": CS.tolist(), "val_accuracy": accuracies,
                              "best_C": float(CS[best]), "refit_val_accuracy": _accuracy(refit.params, X_val, y_val),
                              "device_peak_bytes": _peak_bytes()}
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is None or remaining > 60:
+                row["offload"] = out_of_device(n, d, k, dtype_name, row["x_bytes"],
+                                               600.0 if remaining is None else remaining - 30)
+                if "n_iter" in row["offload"]:
+                    row["offload"]["floor_s"] = row["x_bytes"] * row["offload"]["n_iter"] / PCIE_RATE
             if dtype_name == "float32":
                 cap = 20.0 if quick else 300.0
                 host = _sklearn_capped(np.asarray(X), np.asarray(y), 1.0, cap)
@@ -191,6 +274,24 @@ def markdown(payload: dict) -> str:
                      f"{r['objective']:.5f}", f"{r['val_accuracy']:.4f}",
                      f"{r['search']['seconds']:.1f} s", f"{r['search']['best_C']:g}",
                      f"{r['search']['refit_val_accuracy']:.4f}", host_cell])
+    offload_rows = []
+    for r in payload.get("results", []):
+        o = r.get("offload")
+        if not o:
+            continue
+        if "error" in o:
+            offload_rows.append([r["problem"], r["dtype"], "", "", "", "", "", "", o["error"].splitlines()[-1][:120]])
+            continue
+        per_iteration = o["fit_s"] / max(o["n_iter"], 1)
+        in_device = r["fit_s"] / max(r["n_iter"], 1)
+        peak = o.get("device_peak_bytes")
+        fraction = o.get("mem_fraction")
+        offload_rows.append([
+            r["problem"], r["dtype"], "" if fraction is None else f"{fraction:.3f}",
+            f"{o['feature_memory']} → {'host' if o['chose_host'] else 'device'}",
+            f"{o['fit_s']:.2f} s ({o['n_iter']} it, {o['stop_reason']})", f"{per_iteration:.3f} s",
+            f"{per_iteration / in_device:.2f}×", f"{o['floor_s'] / max(o['n_iter'], 1):.3f} s",
+            "" if peak is None else f"{peak / 2**30:.2f} GiB"])
     text = ("## Linear probes: one fit at tol 1e-4 (C = 1), CLIP's C search (8 Cs as one program, then "
             "the refit), scikit-learn capped\n\n"
             f"Card: {payload.get('card') or 'not a card with a listed rate (no floor)'}; the floor is the "
@@ -198,6 +299,14 @@ def markdown(payload: dict) -> str:
             + common.table(["problem", "shape (train)", "X stored", "X", "fit", "floor", "iterations", "device peak",
                             "objective", "val acc", "search + refit", "best C", "refit val acc",
                             "scikit-learn objective"], rows))
+    if offload_rows:
+        text += ("\n### X in host memory: the device capped so that X is "
+                 f"{OFFLOAD_RATIO:g}× what the fit may use\n\n"
+                 + common.table(["problem", "X stored", "memory fraction", "feature_memory", "fit",
+                                 "per iteration", "vs in-device per iteration", "PCIe floor per iteration",
+                                 "device peak"], offload_rows)
+                 + f"\nThe PCIe floor: X's bytes once per iteration at {PCIE_RATE / 1e9:.0f} GB/s. "
+                 "On a CPU (the dry run) there is no cap and the child forces feature_memory='host'.\n")
     if payload.get("skipped"):
         text += f"\nSkipped (out of time): {', '.join(payload['skipped'])}.\n"
     return text

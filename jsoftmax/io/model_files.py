@@ -21,7 +21,7 @@ from . import files
 MODEL_FORMAT = 2  # 2: checksum, array manifest, feature names; 1 still loads
 ARRAYS = ("W", "b", "classes", "mean", "scale", "feature_names_in")
 # Hyperparameters newer than some files: missing from a file, they take their defaults.
-ADDED_SINCE = ("devices",)
+ADDED_SINCE = ("devices", "feature_memory")
 
 
 def public_coefficients(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +65,7 @@ def save(model: Any, path: str, *, metadata: dict | None = None) -> None:
     if not isinstance(params["solver"], str):
         params["solver"] = "lbfgs"  # a custom optax transformation cannot be stored
     params["devices"] = None  # where it was fitted is not part of the model (nor storable)
+    params["feature_memory"] = "auto"  # nor where its X lay
     weights = params.pop("class_weight")
     params = {name: json_value(name, value) for name, value in params.items()}
     params["class_weight"] = (weights if weights is None or isinstance(weights, str) else

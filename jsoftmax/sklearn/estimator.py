@@ -67,6 +67,11 @@ class SoftmaxRegression(SoftmaxClassifier):
         the rows are split among them (data-parallel: each step's gradient is summed across
         them), padded with zero-weight rows to a multiple of their number; predictions run on
         the default device.
+      feature_memory: where X stays during a full-batch fit on one device: ``"device"`` (copied
+        to the device whole), ``"host"`` (kept in host memory, its row blocks streamed to the
+        device inside the compiled loop: X may be larger than the device) or ``"auto"`` (host
+        memory when X and the fit's working set exceed the device's free memory). See
+        :func:`jsoftmax.fit`.
 
     Attributes:
       classes_: the class labels, sorted as ``np.unique`` gives them.
@@ -104,6 +109,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         dtype: str = "float64",
         random_state: int | None = None,
         devices: Any = None,
+        feature_memory: str = "auto",
     ):
         self.C = C
         self.fit_intercept = fit_intercept
@@ -118,6 +124,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         self.dtype = dtype
         self.random_state = random_state
         self.devices = devices
+        self.feature_memory = feature_memory
 
     _parameter_constraints = {
         "C": constraints.positive_real("a positive number (np.inf: no penalty)"),
@@ -136,6 +143,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         "max_iter": SHARED_CONSTRAINTS["max_iter"],
         "tol": SHARED_CONSTRAINTS["tol"],
         "devices": SHARED_CONSTRAINTS["devices"],
+        "feature_memory": constraints.options("auto", "device", "host", expected="'auto', 'device' or 'host'"),
     }
 
     # --- fitting ------------------------------------------------------------------------
@@ -235,6 +243,7 @@ class SoftmaxRegression(SoftmaxClassifier):
                 feature_scale=self.scale_ if self.standardize else None,
                 mesh=mesh,
                 data_axis=None if mesh is None else "data",
+                feature_memory=self.feature_memory,
             )
         self.classes_ = classes
         self._set_coefficients(np.asarray(result.params.W, np.float64),

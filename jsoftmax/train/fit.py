@@ -128,6 +128,7 @@ def fit(
     class_axis: str | None = None,
     feature_mean: jax.Array | None = None,
     feature_scale: jax.Array | None = None,
+    feature_memory: str = "auto",
 ) -> FitResult:
     r"""Minimise :func:`jsoftmax.risk` with an Optax optimizer and the analytic gradient.
 
@@ -161,6 +162,13 @@ def fit(
       feature_mean, feature_scale: (D,) each: fit as if on (X − mean)/scale, without forming
         it (folded into the weights; ``docs/derivation.md`` §9); the returned params are for
         the standardised features and ``l2`` penalises those weights.
+      feature_memory: where a dense X stays during a full-batch fit on one device:
+        ``"device"`` (copied to the device whole), ``"host"`` (kept in host memory — JAX's
+        ``pinned_host`` — and moved to the device a block of rows at a time inside the compiled
+        loop, each block's copy overlapping the previous block's products: X may be larger
+        than the device; the same result) or ``"auto"``: ``"host"`` when X's bytes and the
+        fit's working set exceed the device's free memory or X already lies in host memory,
+        ``"device"`` otherwise (always on a CPU, whose device memory is the host's).
 
     Returns:
       A :class:`FitResult`.
@@ -181,7 +189,7 @@ def fit(
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
                                        mesh=mesh, data_axis=data_axis, class_axis=class_axis,
-                                       in_place=options.batch_size is None)
+                                       in_place=options.batch_size is None, feature_memory=feature_memory)
     _check_layout(problem.X, options, mesh, data_axis)
     agree_across_processes(mesh, {
         "X": (tuple(problem.X.shape), str(problem.X.dtype)), "params": (tuple(problem.W.shape), problem.b is not None),

@@ -64,7 +64,10 @@ def tree_axpy(alpha, x, y):
 
 
 def inf_norm(tree) -> jax.Array:
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+    """max |x| over the leaves; NaN when any value is NaN (a diverged step must not read as
+    small: XLA on a CPU can drop a NaN from a max, so Σ 0·x, NaN exactly then, is added)."""
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) + jnp.sum(leaf * 0)
+                              for leaf in jax.tree_util.tree_leaves(tree)]))
 
 
 def half_precision_start(params, X) -> tuple[Any, Params | None]:

@@ -62,6 +62,7 @@ def _swapped(estimator, **values):
 class LogisticRegression(SoftmaxRegression):
     # jsoftmax's options that scikit-learn's signature lacks, at their defaults.
     learning_rate, batch_size, standardize, dtype, devices = 0.01, None, False, "float64", None
+    feature_memory = "auto"
 
     def __init__(self, penalty="deprecated", *, C=1.0, l1_ratio=0.0, dual=False, tol=1e-4,
                  fit_intercept=True, intercept_scaling=1, class_weight=None, random_state=None,

@@ -8,6 +8,8 @@ import optax
 import pytest
 
 import jsoftmax
+from jsoftmax._compat import enable_x64
+from jsoftmax.train import objective
 
 from ..helpers import make_problem
 
@@ -75,6 +77,27 @@ def test_nan_gradient_is_divergence_not_max_iter():
     start = jsoftmax.Params(jnp.zeros((2, 2), jnp.float32), jnp.zeros(2, jnp.float32))
     result = jsoftmax.fit(start, X * 1e30, y, optax.sgd(1e30), max_iter=20)
     assert result.stop_reason == "diverged" and not result.converged
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("where", [(0, 0), (2500, 150), (4999, 299)])
+def test_one_nan_in_a_large_x_is_refused(dtype, where):
+    # XLA on a CPU dropped a lone NaN from max|X| of a 5,000 × 300 X (its vectorised max keeps
+    # the other operand): X is large enough to be checked on the device, not by NumPy.
+    X = np.random.default_rng(0).standard_normal((5000, 300)).astype(dtype)
+    X[where] = np.nan
+    with enable_x64(dtype == np.float64):
+        for check in (lambda: jsoftmax.fit(jnp.zeros((300, 3), dtype), X, np.zeros(5000, int), solver="lbfgs"),
+                      lambda: jsoftmax.risk(jnp.zeros((300, 3), dtype), jnp.asarray(X), jnp.zeros(5000, int)),
+                      lambda: jsoftmax.predict(jnp.zeros((300, 3), dtype), jnp.asarray(X))):
+            with pytest.raises(ValueError, match="`X` contains NaN or inf"):
+                check()
+
+
+def test_a_lone_nan_in_a_large_gradient_is_not_a_small_gradient():
+    g = np.ones((3000, 1000), np.float32)
+    g[0, 0] = np.nan
+    assert np.isnan(jax.jit(objective.inf_norm)({"W": g}))
 
 
 # --- Labels and weights whose meaning must not change with their dtype -------------------

@@ -116,10 +116,17 @@ def test_probe_part_dry_run(tmp_path):
         assert row["val_accuracy"] > 1.5 / row["shape"][2]  # the planted model is learned
         assert len(row["search"]["val_accuracy"]) == 8 and row["search"]["refit_val_accuracy"] > 0
         assert row["stop_reason"] in ("gtol", "stalled")
+        # The same problem fitted from host memory in a child process: the same fit.
+        offload = row["offload"]
+        assert "error" not in offload, offload.get("error")
+        assert offload["feature_memory"] == "host" and offload["chose_host"]
+        assert offload["n_iter"] == row["n_iter"] and offload["floor_s"] > 0
+        assert offload["loss"] == pytest.approx(row["objective"], rel=1e-3 if row["dtype"] == "bfloat16" else 1e-5)
     float32 = [r for r in probe["results"] if r["dtype"] == "float32"]
     assert all(r["sklearn"]["objective"] is not None for r in float32)
     # scikit-learn's objective is the same function as ours: at convergence they agree.
     for row in float32:
         if row["sklearn"]["converged"]:
             assert row["sklearn"]["objective"] == pytest.approx(row["objective"], rel=1e-3)
-    assert "## Linear probes" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## Linear probes" in summary and "### X in host memory" in summary

@@ -239,8 +239,12 @@ def test_the_key_covers_what_changes_machine_code(monkeypatch):
     from jsoftmax import _aot, _validate
 
     args = (jnp.ones((3, 2)),)
-    base = _aot._key(_validate._max_abs, args, {})
-    assert _aot._key(_validate._max_abs, args, {}) == base
+    base = _aot._key(_validate._nonfinite_marker, args, {})
+    assert _aot._key(_validate._nonfinite_marker, args, {}) == base
+    import jax
+
+    on_host = jax.device_put(args[0], jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host"))
+    assert _aot._key(_validate._nonfinite_marker, (on_host,), {}) != base  # X in host memory: another program
     changes = [("XLA_FLAGS", "--xla_cpu_max_isa=AVX2"), ("LIBTPU_INIT_ARGS", "--xla_tpu_option"),
                ("cpu_features", lambda: "flags: sse2 avx512fp16"),
                ("FRESH_OPTIONS", {"xla_dump_large_constants": False})]
@@ -251,7 +255,7 @@ def test_the_key_covers_what_changes_machine_code(monkeypatch):
                 patch.setenv(name, value)
             else:
                 patch.setattr(_aot, name, value)
-            key = _aot._key(_validate._max_abs, args, {})
+            key = _aot._key(_validate._nonfinite_marker, args, {})
         assert key not in seen, name
         seen.add(key)
-    assert _aot._key(_validate._max_abs, args, {}) == base
+    assert _aot._key(_validate._nonfinite_marker, args, {}) == base

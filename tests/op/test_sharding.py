@@ -114,6 +114,7 @@ def test_two_processes_train_like_one_with_optax_and_the_default_solvers(tmp_pat
     import jsoftmax
 
     from ..helpers import distributed_data as data
+    from ..helpers import sparse_rows
 
     X, y = data()
     one = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), jnp.asarray(X), jnp.asarray(y),
@@ -121,6 +122,7 @@ def test_two_processes_train_like_one_with_optax_and_the_default_solvers(tmp_pat
     with np.load(out) as saved:
         W, n_iter = saved["W"], int(saved["n_iter"])
         default_solvers = {"lbfgs": saved["W_lbfgs"], "newton-cg": saved["W_newton"]}
+        sparse_W = saved["W_sparse"]
     assert n_iter == one.n_iter
     err = np.linalg.norm(W - np.asarray(one.params.W)) / np.linalg.norm(np.asarray(one.params.W))
     assert err <= 1e-5, err
@@ -133,11 +135,20 @@ def test_two_processes_train_like_one_with_optax_and_the_default_solvers(tmp_pat
                                  solver=solver, l2=0.05, tol=1e-12, max_iter=500)
             reference = np.asarray(alone.params.W)
             assert np.abs(W - reference).max() <= 1e-10 * np.abs(reference).max(), solver
-    # Processes that disagree on l2: every process raised the same error naming it (no hang).
-    for process in (0, 1):
-        message = (tmp_path / f"W.npz.{process}.txt").read_text()
-        assert message == (f"the 2 processes disagree on l2 (this is process {process}): every process must "
-                           "call fit with the same shapes and options."), message
+        # A sparse X of which each process laid out only its own rows: the same fit.
+        alone = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), sparse_rows(X.astype(np.float64)),
+                             y, solver="lbfgs", l2=0.05, tol=1e-12, max_iter=500)
+        reference = np.asarray(alone.params.W)
+        assert np.abs(sparse_W - reference).max() <= 1e-10 * np.abs(reference).max()
+    # Processes that disagree on l2, on their rows' count, or where one holds a NaN: every
+    # process raised the same error (no hang).
+    messages = [json.loads((tmp_path / f"W.npz.{process}.txt").read_text()) for process in (0, 1)]
+    assert messages[0] == messages[1], messages
+    assert messages[0]["option"] == ("the 2 processes disagree on l2 (this is process #): every process must "
+                                     "call fit with the same shapes and options.")
+    assert messages[0]["rows"] == ("every process must hold the same number of rows and features of `X`; they "
+                                   "hold [(48, 5), (47, 5)] (this is process #).")
+    assert messages[0]["nan"] == "`X` holds NaN or inf on process(es) [1]; clean or impute the features first."
 
 
 def test_sparse_x_shards_over_rows(report):
@@ -148,6 +159,11 @@ def test_sparse_x_shards_over_rows(report):
     assert sparse["fit"]["W"] <= 1e-9 and sparse["fit"]["iters"][0] == sparse["fit"]["iters"][1]
     assert sparse["refused"]["class_axis"].startswith("ValueError: a sparse X is sharded over its rows only")
     assert sparse["refused"]["newton"].startswith("ValueError: solver='newton-cg' is not supported for a sparse X")
+    # X as ProcessRows (each process lays out its own rows; here one process holds them all).
+    for name in ("process_rows", "process_rows_dense"):
+        assert sparse[name]["W"] <= 1e-9 and sparse[name]["iters"][0] == sparse[name]["iters"][1], (name, sparse[name])
+    assert "must split evenly over its 4 device(s)" in sparse["refused"]["process_rows_uneven"]
+    assert "needs a `mesh` with a `data_axis`" in sparse["refused"]["process_rows_no_mesh"]
 
 
 @pytest.mark.parametrize("kind", ["explicit", "auto"])

@@ -6,6 +6,7 @@ Each process owns one CPU device and feeds only its own half of the rows; the me
 processes and collectives go over loopback with gloo. Process 0 writes the fitted W.
 """
 
+import json
 import sys
 
 import jax
@@ -24,6 +25,7 @@ from jsoftmax._compat import enable_x64  # noqa: E402
 
 
 from tests.helpers import distributed_data as data  # noqa: E402 (the rows the test compares with)
+from tests.helpers import sparse_rows  # noqa: E402
 
 
 def main():
@@ -50,17 +52,39 @@ def main():
             run = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X_global, y_global,
                                solver=solver, l2=0.05, tol=1e-12, max_iter=500, mesh=mesh, data_axis="data")
             fitted[solver] = np.asarray(jax.experimental.multihost_utils.process_allgather(run.params.W, tiled=True))
-        # Processes that disagree on an option: the same clear error on each, no hang.
-        try:
-            jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X_global, y_global, solver="lbfgs",
-                         l2=0.05 if process_id == 0 else 0.06, max_iter=5, mesh=mesh, data_axis="data")
-            message = "no error"
-        except ValueError as err:
-            message = str(err)
+        # A sparse X, each process laying out only its own rows (jsoftmax.ProcessRows).
+        Xs = sparse_rows(X64)
+        run = jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), jsoftmax.ProcessRows(Xs[half]),
+                           y_global, solver="lbfgs", l2=0.05, tol=1e-12, max_iter=500, mesh=mesh, data_axis="data")
+        fitted["sparse"] = np.asarray(jax.experimental.multihost_utils.process_allgather(run.params.W, tiled=True))
+        # Processes that disagree on an option, on their rows' count, or where one holds a NaN:
+        # the same clear error on each, no hang.
+        nan_rows = Xs[half].copy()
+        if process_id == 1:
+            nan_rows.data[3] = np.nan
+        cases = {
+            "option": lambda: jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)), X_global, y_global,
+                                           solver="lbfgs", l2=0.05 if process_id == 0 else 0.06, max_iter=5,
+                                           mesh=mesh, data_axis="data"),
+            "rows": lambda: jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)),
+                                         jsoftmax.ProcessRows(Xs[half][:48 - process_id]), y_global,
+                                         solver="lbfgs", max_iter=5, mesh=mesh, data_axis="data"),
+            "nan": lambda: jsoftmax.fit(jsoftmax.Params(jnp.zeros((5, 4)), jnp.zeros(4)),
+                                        jsoftmax.ProcessRows(nan_rows), y_global, solver="lbfgs", max_iter=5,
+                                        mesh=mesh, data_axis="data"),
+        }
+        messages = {}
+        for name, call in cases.items():
+            try:
+                call()
+                messages[name] = "no error"
+            except ValueError as err:
+                messages[name] = str(err).replace(f"process {process_id})", "process #)")
         with open(f"{out}.{process_id}.txt", "w") as handle:
-            handle.write(message)
+            handle.write(json.dumps(messages))
     if process_id == 0:
-        np.savez(out, W=W, n_iter=result.n_iter, W_lbfgs=fitted["lbfgs"], W_newton=fitted["newton-cg"])
+        np.savez(out, W=W, n_iter=result.n_iter, W_lbfgs=fitted["lbfgs"], W_newton=fitted["newton-cg"],
+                 W_sparse=fitted["sparse"])
     jax.distributed.shutdown()
 
 

@@ -173,11 +173,22 @@ def sparse_rows(mesh):
         out[f"chunks_{rows}"] = {"risk": rel(v, v0), "dW": rel(g.W, g0.W), "db": rel(g.b, g0.b)}
     f = jsoftmax.fit(p, X, y, solver="lbfgs", l2=0.1, tol=1e-10, mesh=mesh, data_axis="data")
     out["fit"] = {"W": rel(f.params.W, f0.params.W), "iters": [f.n_iter, f0.n_iter]}
+    # X given as this process's rows (here the only process's: all of them), sparse and dense.
+    for name, rows in (("process_rows", X), ("process_rows_dense", X.toarray())):
+        f = jsoftmax.fit(p, jsoftmax.ProcessRows(rows), y, solver="lbfgs", l2=0.1, tol=1e-10, mesh=mesh,
+                         data_axis="data")
+        out[name] = {"W": rel(f.params.W, f0.params.W), "iters": [f.n_iter, f0.n_iter]}
     refused = {}
     for name, kwargs in {"class_axis": dict(class_axis="model"),
-                         "newton": dict(data_axis="data", solver="newton-cg")}.items():
+                         "newton": dict(data_axis="data", solver="newton-cg"),
+                         "process_rows_uneven": dict(data_axis="data", solver="lbfgs"),
+                         "process_rows_no_mesh": dict(solver="lbfgs")}.items():
         try:
-            if name == "newton":
+            if name == "process_rows_uneven":  # 62 rows over 4 devices
+                jsoftmax.fit(p, jsoftmax.ProcessRows(X[:62]), y[:62], mesh=mesh, **kwargs)
+            elif name == "process_rows_no_mesh":
+                jsoftmax.fit(p, jsoftmax.ProcessRows(X), y, **kwargs)
+            elif name == "newton":
                 jsoftmax.fit(p, X, y, mesh=mesh, **kwargs)
             else:
                 jsoftmax.risk(p, X, y, mesh=mesh, **kwargs)
