@@ -1,7 +1,7 @@
 """Run benchmark suites and write JSON + markdown under benchmarks/results/.
 
     python -m benchmarks.run                 # every suite at full size
-    python -m benchmarks.run --suite fit     # one suite (hot, memory, fit, search, sparse, scaling)
+    python -m benchmarks.run --suite fit     # one suite (hot, memory, fit, penalties, search, sparse, scaling)
     python -m benchmarks.run --quick         # smaller sizes (a smoke run)
 """
 
@@ -18,7 +18,7 @@ os.environ.setdefault("JSOFTMAX_CACHE_DIR", "off")
 
 from . import common  # noqa: E402  (after the cache setting: it may import jsoftmax)
 
-SUITES = ("hot", "memory", "fit", "search", "sparse", "scaling")
+SUITES = ("hot", "memory", "fit", "penalties", "search", "sparse", "scaling")
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,8 @@ from .train import FitResult as FitResult
 from .train import ManyResult as ManyResult
 from .train import fit as fit
 from .train import fit_many as fit_many
+from .train import PathResult as PathResult
+from .train import regularization_path as regularization_path
 from ._types import Params as Params
 from ._verify import CheckRow as CheckRow
 from ._verify import GradientReport as GradientReport
@@ -58,6 +60,7 @@ __all__ = [
     "GradientReport",
     "ManyResult",
     "Params",
+    "PathResult",
     "ProcessRows",
     "SoftmaxRegression",
     "SoftmaxRegressionCV",
@@ -68,6 +71,7 @@ __all__ = [
     "linear_cross_entropy",
     "predict",
     "predict_proba",
+    "regularization_path",
     "risk",
     "risk_grad",
     "shard_arrays",

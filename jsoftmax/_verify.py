@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _aot, _api, _engine, _sparse
+from . import _aot, _api, _engine, _penalty, _sparse, _validate
 from ._compat import enable_x64
 from ._reference import reference_risk, reference_row_loss, reference_targets
 from ._types import Features, Labels, Params, Plan, RowValues, Want, Weights
@@ -47,7 +47,7 @@ FD_TOLERANCES = {
     "float16": (2e-2, 2e-2),
 }
 # The derivation's section of each step (docs/derivation.md).
-SECTIONS = {"1": "§2", "2": "§3", "3": "§4", "4": "§4", "": "§8"}
+SECTIONS = {"1": "§2", "2": "§3", "3": "§4", "4": "§4", "": "§8", "KKT": "§14"}
 
 LEGEND = """\
 Symbols (docs/derivation.md):
@@ -323,6 +323,8 @@ def check_gradient(
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
     softcap: float | None = None,
+    l1: float = 0.0,
+    kkt_tol: float | None = None,
     n_jacobian_rows: int = 4,
     n_fd_entries: int = 12,
     seed: int = 0,
@@ -344,7 +346,11 @@ def check_gradient(
        written from §1, and ∂R/∂W (∂R/∂b) vs central finite differences of it on
        ``n_fd_entries`` entries drawn with ``seed``;
     5. beyond the four steps, (§8) the Hessian-vector product H·V along a normal direction V
-       drawn with ``seed`` vs ``jax.jvp`` of ``jax.grad`` of the plain risk.
+       drawn with ``seed`` vs ``jax.jvp`` of ``jax.grad`` of the plain risk;
+    6. with an L1 strength ``l1`` (§14), the pseudo-gradient ◇F of R + l1‖W‖₁ — the library's,
+       from its analytic gradient — vs the subdifferential written out case by case from the
+       plain risk's ``jax.grad``; and with ``kkt_tol``, the KKT conditions of a fitted model:
+       max|◇F| (from that independent gradient) ≤ ``kkt_tol``.
 
     Each quantity's label is the formula checked, with the problem's weights, ignored rows, L2,
     smoothing and soft-cap in it; ``report.legend()`` defines every symbol.
@@ -392,9 +398,10 @@ def check_gradient(
     if _wants_float64(params, X, sample_weight) and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
         with enable_x64(True):
             return _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, softcap,
-                                   n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn)
+                                   n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn,
+                                   l1, kkt_tol)
     return _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, softcap,
-                           n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn)
+                           n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn, l1, kkt_tol)
 
 
 def _wants_float64(params, X, sample_weight) -> bool:
@@ -405,10 +412,16 @@ def _wants_float64(params, X, sample_weight) -> bool:
 
 
 def _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignore_index, softcap,
-                    n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn) -> GradientReport:
+                    n_jacobian_rows, n_fd_entries, seed, jacobian_fn, score_grad_fn, grad_fn, l1=0.0,
+                    kkt_tol=None) -> GradientReport:
     for name, fn in (("jacobian_fn", jacobian_fn), ("score_grad_fn", score_grad_fn), ("grad_fn", grad_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"`{name}` must be a function; got {type(fn).__name__}.")
+    _validate.check_scalar(l1, "l1", low=0.0, high=None)
+    if kkt_tol is not None:
+        _validate.check_scalar(kkt_tol, "kkt_tol", low=0.0, high=None)
+        if not l1 > 0:
+            raise ValueError("`kkt_tol` checks the KKT conditions of an L1-penalised fit: give its `l1` too.")
     bare = not isinstance(params, Params)
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
                                        label_smoothing=label_smoothing, ignore_index=ignore_index,
@@ -522,6 +535,9 @@ def _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignor
         rows.append(_row("", words["Hb"], "jvp of grad", analytic["Hb"], reference["Hb"], dtype_name, scales["Hb"],
                          axes=("class",)))
 
+    if l1 > 0:
+        rows += _kkt_rows(W, b, analytic, reference, float(l1), kkt_tol, dtype_name, scales)
+
     problem_info = {
         "n": n,
         "d": d,
@@ -535,8 +551,47 @@ def _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignor
         "l2": float(l2),
         "label_smoothing": float(label_smoothing),
         "softcap": spec.softcap,
+        "l1": float(l1),
     }
     return GradientReport(problem_info, tuple(rows))
+
+
+def _subgradient_reference(w: np.ndarray, g: np.ndarray, lam: float) -> np.ndarray:
+    """The pseudo-gradient of §14 written out entry by entry (independently of ``_penalty``):
+    the element of g + λ∂|w| nearest 0."""
+    out = np.empty_like(g)
+    for index in np.ndindex(g.shape):
+        wj, gj = w[index], g[index]
+        if wj != 0:
+            out[index] = gj + lam * np.sign(wj)
+        elif gj > lam:
+            out[index] = gj - lam
+        elif gj < -lam:
+            out[index] = gj + lam
+        else:
+            out[index] = 0.0
+    return out
+
+
+def _kkt_rows(W, b, analytic, reference, l1: float, kkt_tol, dtype_name, scales) -> list[CheckRow]:
+    """§14: the library's pseudo-gradient against the written-out one; with ``kkt_tol`` the
+    KKT violation of the point (a fitted model's) against its bound."""
+    w = np.asarray(W, np.float64)
+    ours = np.asarray(_penalty.pseudo_gradient(jnp.asarray(w), jnp.asarray(np.asarray(analytic["W"], np.float64)),
+                                               jnp.asarray(l1, jnp.float64) if w.dtype == np.float64 else l1),
+                      np.float64)
+    theirs = _subgradient_reference(w, np.asarray(reference["W"], np.float64), l1)
+    rows = [_row("KKT", "◇F = ∂R/∂W + λ₁∂|W| (pseudo-gradient)", "the subdifferential, case by case", ours, theirs,
+                 dtype_name, scales["W"], axes=("feature", "class"))]
+    if kkt_tol is not None:
+        parts = [np.abs(theirs).ravel()] + ([] if b is None else [np.abs(np.asarray(reference["b"], np.float64))])
+        violation = float(np.max(np.concatenate(parts)))
+        zeros = int(np.sum(w == 0))
+        rows.append(CheckRow("KKT", SECTIONS["KKT"], f"KKT violation max|◇F| ({zeros} of {w.size} weights exactly 0)",
+                             "0 at the minimiser", violation, violation, violation,
+                             violation / kkt_tol if kkt_tol > 0 else (0.0 if violation == 0 else math.inf),
+                             f"<= kkt_tol = {kkt_tol:g}", bool(violation <= kkt_tol)))
+    return rows
 
 
 @partial(jax.jit, static_argnames=("spec", "plan"))
@@ -661,6 +716,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "label_smoothing": {"label_smoothing": 0.1},
     "all": {"bias": True, "sample_weight": True, "ignore": True, "l2": 0.05, "label_smoothing": 0.2},
     "softcap": {"bias": True, "softcap": 1.5},
+    "l1": {"bias": True, "l2": 0.02, "l1": 0.02},
 }
 DEFAULT_SIZES = ((1, 3, 2), (16, 5, 3), (64, 10, 7), (256, 32, 50))
 
@@ -693,20 +749,25 @@ def random_problem(n, d, k, *, dtype=jnp.float64, seed=0, soft=False, bias=False
 
 
 def verify_problem(n: int, d: int, k: int, *, dtype: str = "float64", option_set: str = "plain",
-                   labels: str = "int", seed: int = 0, bare: bool = False, **functions) -> GradientReport:
+                   labels: str = "int", seed: int = 0, bare: bool = False, fit_with: Callable | None = None,
+                   kkt_tol: float | None = None, **functions) -> GradientReport:
     """check_gradient on one seeded :func:`random_problem` of size N×D×K with the options of
     ``OPTION_SETS[option_set]``, computed in ``dtype``; ``bare``: a problem without a bias is
     given as W alone (what a learner's ``grad(W, X, y)`` takes). ``functions``: the caller's
-    ``jacobian_fn``/``score_grad_fn``/``grad_fn``."""
+    ``jacobian_fn``/``score_grad_fn``/``grad_fn``. ``fit_with(params, X, y, weights, options)``:
+    the parameters to check at instead of the random ones (a fit, e.g. of the option set's L1
+    penalty, whose KKT conditions ``kkt_tol`` then bounds)."""
     spec = OPTION_SETS[option_set]
     with enable_x64(dtype == "float64"):
         params, X, y, weights = random_problem(
             n, d, k, dtype=dtype, soft=labels == "soft", seed=seed, bias=spec.get("bias", False),
             ignore=spec.get("ignore", False), weights=spec.get("sample_weight", False))
+        if fit_with is not None:
+            params = fit_with(params, X, y, weights, spec)
         report = check_gradient(params.W if bare and params.b is None else params, X, y, seed=seed,
-                                sample_weight=weights, l2=spec.get("l2", 0.0),
-                                label_smoothing=spec.get("label_smoothing", 0.0), softcap=spec.get("softcap"),
-                                **functions)
+                                sample_weight=weights, l2=spec.get("l2", 0.0), l1=spec.get("l1", 0.0),
+                                kkt_tol=kkt_tol, label_smoothing=spec.get("label_smoothing", 0.0),
+                                softcap=spec.get("softcap"), **functions)
     report.problem["option_set"] = option_set
     return report
 

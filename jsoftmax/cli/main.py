@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from functools import partial
 
 from .metrics import classification_metrics, metrics_lines
 
@@ -63,8 +64,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     if args.problem is not None:
         return _verify_one(args)
-    if any(getattr(args, flag) for flag in ("grad_fn", "jacobian_fn", "score_grad_fn")):
-        raise ValueError("--grad-fn, --jacobian-fn and --score-grad-fn check one problem: give --problem NxDxK.")
+    if any(getattr(args, flag) for flag in ("grad_fn", "jacobian_fn", "score_grad_fn")) or args.kkt is not None:
+        raise ValueError("--grad-fn, --jacobian-fn, --score-grad-fn and --kkt check one problem: give --problem NxDxK.")
     options = args.options or list(_verify.OPTION_SETS)
     reports = _verify.verify_grid(
         sizes=args.sizes, dtypes=tuple(args.dtype or ("float64", "float32")), seed=args.seed,
@@ -104,9 +105,15 @@ def _verify_one(args: argparse.Namespace) -> int:
 
     functions = {name: _load_function(getattr(args, name), "--" + name.replace("_", "-"))
                  for name in ("grad_fn", "jacobian_fn", "score_grad_fn") if getattr(args, name)}
+    option_set = (args.options or ["l1" if args.kkt is not None else "plain"])[0]
+    fitted = None
+    if args.kkt is not None:  # check at a fitted model: the KKT conditions of its L1 penalty
+        if not _verify.OPTION_SETS[option_set].get("l1"):
+            raise SystemExit(f"--kkt checks an L1-penalised fit: use --options l1 (not {option_set}).")
+        fitted = partial(_fit_for_verify, tol=args.kkt / 10)
     report = _verify.verify_problem(*args.problem, dtype=(args.dtype or ["float64"])[0],
-                                    option_set=(args.options or ["plain"])[0], labels=(args.labels or ["int"])[0],
-                                    seed=args.seed, bare=True, **functions)
+                                    option_set=option_set, labels=(args.labels or ["int"])[0],
+                                    seed=args.seed, bare=True, fit_with=fitted, kkt_tol=args.kkt, **functions)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -115,6 +122,17 @@ def _verify_one(args: argparse.Namespace) -> int:
             print("\n" + report.legend())
         print(f"\n{'PASSED' if report.passed else 'FAILED'}")
     return 0 if report.passed else 1
+
+
+def _fit_for_verify(params, X, y, weights, options, *, tol: float):
+    """The seeded problem fitted with its option set's penalties (OWL-QN for an L1 part), from zero."""
+    import jax
+
+    from ..train import fit
+
+    start = jax.tree_util.tree_map(lambda a: a * 0, params)
+    return fit(start, X, y, sample_weight=weights, l2=options.get("l2", 0.0), l1=options.get("l1", 0.0),
+               label_smoothing=options.get("label_smoothing", 0.0), tol=tol, max_iter=10_000).params
 
 
 def _emit(args: argparse.Namespace, payload: dict, lines: list[str]) -> None:
@@ -406,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="option sets to check (grid default: all; --problem: the first given, default plain)")
     verify.add_argument("--labels", nargs="+", choices=["int", "soft"], default=None,
                         help="label kinds (grid default: int soft; --problem: the first given, default int)")
+    verify.add_argument("--kkt", type=float, default=None, metavar="TOL",
+                        help="with --problem: fit it first (its option set's L1 penalty, default --options l1, "
+                             "by OWL-QN) and check the fitted model's KKT conditions to TOL")
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.add_argument("--verbose", "-v", action="store_true",

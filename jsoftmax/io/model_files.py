@@ -21,7 +21,7 @@ from . import files
 MODEL_FORMAT = 2  # 2: checksum, array manifest, feature names; 1 still loads
 ARRAYS = ("W", "b", "classes", "mean", "scale", "feature_names_in")
 # Hyperparameters newer than some files: missing from a file, they take their defaults.
-ADDED_SINCE = ("devices", "feature_memory")
+ADDED_SINCE = ("devices", "feature_memory", "l1_ratio")
 
 
 def public_coefficients(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

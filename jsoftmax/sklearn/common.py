@@ -167,6 +167,18 @@ def penalty_strength(C: float, total: float, n_classes: int, dtype: str) -> floa
     return float(min((2.0 if n_classes == 2 else 1.0) / (C * total), float(np.finfo(dtype).max)))
 
 
+def penalty_strengths(C: float, total: float, n_classes: int, dtype: str, l1_ratio: float) -> tuple[float, float]:
+    """(λ, λ₁): the scaled form's L2 and L1 strengths of scikit-learn's elastic net
+    C·Σ sₙℓₙ + ρ‖coef‖₁ + (1 − ρ)/2·‖coef‖² (``docs/derivation.md`` §14): λ₁ = ρ/(C·Σs) and λ as
+    :func:`penalty_strength` times (1 − ρ). For two classes the binomial coef is w₁ − w₀ of the
+    symmetric softmax: ½‖coef‖² = ‖W‖² (λ doubled) while ‖coef‖₁ is the least ‖W‖₁ over the
+    softmax's shift (λ₁ as is). (0, 0) for C = inf."""
+    if not np.isfinite(C):
+        return 0.0, 0.0
+    l1 = float(min(l1_ratio / (C * total), float(np.finfo(dtype).max)))
+    return (1.0 - l1_ratio) * penalty_strength(C, total, n_classes, dtype), l1
+
+
 def warn_not_converged(solver: str, result) -> None:
     """scikit-learn's ``ConvergenceWarning`` for a fit that stopped before ``tol``."""
     reason = {"max_iter": "the iteration limit was reached", "max_epochs": "the epoch limit was reached",
@@ -281,6 +293,9 @@ SHARED_CONSTRAINTS = {
     "tol": constraints.non_negative_real(),
     "devices": devices_constraint(),
 }
+# The elastic-net mixing ρ of one model.
+L1_RATIO = constraints.Constraint(lambda v: constraints.is_real(v) and 0.0 <= float(v) <= 1.0,
+                                  "a number in [0, 1] (not NaN)")
 
 
 class SoftmaxClassifier(ClassifierMixin, BaseEstimator):

@@ -15,6 +15,7 @@ doubled, whose optimum has w₀ = −w₁ and the same objective value, and repo
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
@@ -27,11 +28,11 @@ from .._api import host_predictions
 from .._compat import enable_x64
 from .._types import Params
 from ..io import model_files
-from ..train import fit
+from ..train import fit, registry
 from . import constraints
-from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SOLVERS, SoftmaxClassifier, as_dtype, choose_solver,
+from .common import (FULL_BATCH_SOLVERS, L1_RATIO, SHARED_CONSTRAINTS, SOLVERS, SoftmaxClassifier, as_dtype, choose_solver,
                      coefficient_dtype, column_moments, device_mesh, fit_data, half_precision_data, input_dtypes,
-                     is_half_precision, make_optimizer, pad_rows, penalty_strength, training_weights,
+                     is_half_precision, make_optimizer, pad_rows, penalty_strengths, training_weights,
                      warn_not_converged)
 
 
@@ -45,11 +46,18 @@ class SoftmaxRegression(SoftmaxClassifier):
     Parameters follow scikit-learn's ``LogisticRegression`` where they overlap.
 
     Args:
-      C: inverse L2 strength, as in scikit-learn (objective C Σ sₙℓₙ + ½‖W‖²).
+      C: inverse penalty strength, as in scikit-learn (objective C Σ sₙℓₙ + ½‖W‖² for
+        ``l1_ratio=0``); ``np.inf``: no penalty.
+      l1_ratio: the elastic-net mixing ρ ∈ [0, 1], as in scikit-learn ≥ 1.8: the objective is
+        C Σ sₙℓₙ + ρ‖coef‖₁ + (1 − ρ)/2 ‖coef‖², the intercept never penalised. ρ > 0 fits by
+        OWL-QN (``solver="auto"`` or ``"owlqn"``; the other solvers refuse it) to exact zeros,
+        and ``tol`` bounds the KKT violation (``optimality_["kkt_violation"]``). Ignored, with a
+        warning, when C = inf (no penalty).
       fit_intercept: learn a bias b (not penalised).
       class_weight: None, a dict {class: weight}, or "balanced".
       max_iter: iterations (full batch) or epochs (with ``batch_size``).
-      tol: stop when the largest gradient entry of the scaled objective is ≤ tol.
+      tol: stop when the largest gradient entry of the scaled objective is ≤ tol (with an L1
+        penalty: the largest entry of its pseudo-gradient, the KKT violation).
       warm_start: start from the previous fit's coefficients when shapes allow.
       solver: "auto" (see :func:`choose_solver`), "newton-cg" (trust-region Newton-CG on the
         analytic Hessian-vector product), "lbfgs" (jsoftmax's lean L-BFGS) — both full batch —,
@@ -97,6 +105,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         self,
         C: float = 1.0,
         *,
+        l1_ratio: float = 0.0,
         fit_intercept: bool = True,
         class_weight: dict | str | None = None,
         max_iter: int = 100,
@@ -112,6 +121,7 @@ class SoftmaxRegression(SoftmaxClassifier):
         feature_memory: str = "auto",
     ):
         self.C = C
+        self.l1_ratio = l1_ratio
         self.fit_intercept = fit_intercept
         self.class_weight = class_weight
         self.max_iter = max_iter
@@ -128,6 +138,7 @@ class SoftmaxRegression(SoftmaxClassifier):
 
     _parameter_constraints = {
         "C": constraints.positive_real("a positive number (np.inf: no penalty)"),
+        "l1_ratio": L1_RATIO,
         "fit_intercept": SHARED_CONSTRAINTS["fit_intercept"],
         "warm_start": constraints.boolean(),
         "standardize": SHARED_CONSTRAINTS["standardize"],
@@ -148,8 +159,19 @@ class SoftmaxRegression(SoftmaxClassifier):
 
     # --- fitting ------------------------------------------------------------------------
 
-    def _optimizer(self, n: int, d: int, k: int, sparse: bool = False, mesh=None) -> dict[str, Any]:
+    def _optimizer(self, n: int, d: int, k: int, sparse: bool = False, mesh=None, l1: bool = False) -> dict[str, Any]:
         """``fit``'s solver keywords: ``solver=`` a built-in name or ``optimizer=`` optax's."""
+        if l1:  # an L1 penalty: only the solvers that minimise one
+            capable = registry.with_l1()
+            if self.solver == "auto":
+                return {"solver": capable[0]}
+            if self.solver not in capable:
+                name = self.solver if isinstance(self.solver, str) else "an optax transformation"
+                raise ValueError(f"solver={name!r} cannot fit l1_ratio={self.l1_ratio} (an L1 penalty); "
+                                 f"use solver='auto' or one of {', '.join(map(repr, capable))}.")
+            if self.batch_size is not None:
+                raise ValueError(f"solver={self.solver!r} is full-batch: set batch_size=None.")
+            return {"solver": self.solver}
         if isinstance(self.solver, str):
             solver = (choose_solver(n, d, k, self.batch_size, sparse, sharded=mesh is not None)
                       if self.solver == "auto" else self.solver)
@@ -192,8 +214,8 @@ class SoftmaxRegression(SoftmaxClassifier):
             self.scale_ = np.where(scale > 0, scale, 1.0)
         n_classes, n_features = len(classes), X.shape[1]
         mesh = device_mesh(self.devices)
-        solver = self._optimizer(X.shape[0], n_features, n_classes, sparse, mesh)
-        l2 = penalty_strength(self.C, total, n_classes, self.dtype)
+        l2, l1 = penalty_strengths(self.C, total, n_classes, self.dtype, self._l1_ratio())
+        solver = self._optimizer(X.shape[0], n_features, n_classes, sparse, mesh, l1=l1 > 0)
 
         warm = (
             self.warm_start
@@ -229,6 +251,7 @@ class SoftmaxRegression(SoftmaxClassifier):
                 **solver,
                 sample_weight=np.asarray(w_fit, dtype),
                 l2=l2,
+                l1=l1,
                 batch_size=self.batch_size,
                 max_iter=int(self.max_iter),
                 max_epochs=int(self.max_iter),
@@ -256,12 +279,22 @@ class SoftmaxRegression(SoftmaxClassifier):
             "converged": result.converged,
             "stop_reason": result.stop_reason,
             "tol": float(self.tol),
+            # 0 ∈ ∂F: the largest entry of the (pseudo-)gradient, = grad_norm (docs/derivation.md §14)
+            "kkt_violation": result.grad_norm,
         }
         self.loss_curve_ = result.history["loss"]
         if not result.converged:
             warn_not_converged(solver.get("solver", self.solver if isinstance(self.solver, str) else "optax"),
                                result)
         return self
+
+    def _l1_ratio(self) -> float:
+        """ρ as the fit uses it: ignored (with a warning) when C = inf, as scikit-learn does."""
+        if self.l1_ratio and not np.isfinite(self.C):
+            warnings.warn(f"l1_ratio={self.l1_ratio} is ignored: C=inf means no penalty at all.", UserWarning,
+                          stacklevel=3)
+            return 0.0
+        return float(self.l1_ratio)
 
     def _set_coefficients(self, W: np.ndarray, b: np.ndarray | None, dtype=np.float64) -> None:
         """``coef_`` and ``intercept_`` (scikit-learn's layout, in ``dtype``) from (D, K) weights

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import _api
+from .. import _api, _validate
 from .._types import Features, Labels, Params, RowValues, Weights, accumulation_dtype
 from . import drive, registry
 from .checkpoints import RunCheckpoints
@@ -77,13 +77,24 @@ def check_tol(tol: Any) -> float:
 
 
 def check_options(optimizer, solver, batch_size, max_iter, max_epochs, tol, patience, callback_every,
-                  checkpoint_every, resume, checkpoint_dir) -> FitOptions:
+                  checkpoint_every, resume, checkpoint_dir, l1=0.0) -> FitOptions:
     """Every option of :func:`fit` that does not need the data, with its error."""
     batch_size = _positive_int(batch_size, "batch_size", allow_none=True)
     if optimizer is not None and solver is not None:
         raise ValueError("give either `optimizer` (an optax transformation) or `solver`, not both.")
     if optimizer is not None and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"`optimizer` must be an optax.GradientTransformation; got {type(optimizer).__name__}.")
+    _validate.check_scalar(l1, "l1", low=0.0, high=None)
+    l1 = float(l1)
+    if l1 > 0:
+        capable = registry.with_l1()
+        if optimizer is not None:
+            raise ValueError(f"an L1 penalty (l1={l1:g}) needs a solver that handles it ({', '.join(map(repr, capable))}); "
+                             "optax optimizers take gradient steps, which never set a weight to exactly 0.")
+        solver = capable[0] if solver is None else solver
+        if registry.get(solver).name not in capable:
+            raise ValueError(f"solver={solver!r} does not handle an L1 penalty (l1={l1:g}); use one of "
+                             f"{', '.join(map(repr, capable))}.")
     if solver is None and optimizer is None:
         solver = registry.DEFAULT
     if solver is not None and batch_size is not None:
@@ -109,6 +120,7 @@ def fit(
     solver: str | None = None,
     sample_weight: RowValues | None = None,
     l2: float = 0.0,
+    l1: float = 0.0,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
     batch_size: int | None = None,
@@ -135,6 +147,10 @@ def fit(
     Args:
       params: initial :class:`Params` or bare ``W``; the result has the same structure.
       X, labels, sample_weight, l2, label_smoothing, ignore_index: as in :func:`jsoftmax.risk`.
+      l1: an L1 penalty λ₁‖W‖₁ added to the risk (the intercept is never penalised): with
+        ``l2`` the elastic net. Needs a solver that handles it (``"owlqn"``, chosen when no
+        solver is given); the fitted W has exact zeros, and ``grad_norm`` is then the KKT
+        violation, the largest entry of the pseudo-gradient (``docs/derivation.md`` §14).
         A large NumPy X is read by a CPU device where it lies, not copied (full-batch fits;
         ``jsoftmax._inplace``): it must not change while the fit runs.
       optimizer: any ``optax.GradientTransformation`` (schedules included). ``optax.lbfgs()``
@@ -183,7 +199,7 @@ def fit(
       (True, 'gtol')
     """
     options = check_options(optimizer, solver, batch_size, max_iter, max_epochs, tol, patience, callback_every,
-                            checkpoint_every, resume, checkpoint_dir)
+                            checkpoint_every, resume, checkpoint_dir, l1)
     params, wide = half_precision_start(params, X)
     # A full-batch fit blocks until it ends, so a large NumPy X is read in place (_inplace).
     problem, spec, plan = _api.prepare(params, X, labels, sample_weight=sample_weight, l2=l2,
@@ -193,13 +209,13 @@ def fit(
     _check_layout(problem.X, options, mesh, data_axis)
     agree_across_processes(mesh, {
         "X": (tuple(problem.X.shape), str(problem.X.dtype)), "params": (tuple(problem.W.shape), problem.b is not None),
-        "l2": float(l2), "label_smoothing": float(label_smoothing), "ignore_index": int(ignore_index),
+        "l2": float(l2), "l1": float(l1), "label_smoothing": float(label_smoothing), "ignore_index": int(ignore_index),
         "solver": None if options.solver is None else options.solver.name, "optimizer": optimizer is not None,
         "batch_size": options.batch_size, "max_iter": options.max_iter, "max_epochs": options.max_epochs,
         "tol": float(options.tol), "seed": seed, "data_axis": data_axis, "class_axis": class_axis,
         "feature_scaling": (feature_mean is not None, feature_scale is not None)})
     data = Data(problem.X, problem.labels, problem.sample_weight, l2, label_smoothing,
-                _affine(feature_mean, feature_scale, problem.X))
+                feature_affine(feature_mean, feature_scale, problem.X), float(l1))
     # 16-bit params train as float32 masters (see objective) and come back in their dtype;
     # wider params given with a 16-bit X start as given.
     start = in_dtype(Params(problem.W, problem.b) if wide is None else wide, accumulation_dtype(problem.W.dtype))
@@ -289,7 +305,7 @@ def _result(run: drive.Run, data: Data, spec, plan, dtype, tol: float, bare: boo
                      stop_reason in ("gtol", "early_stopping"), grad_norm, stop_reason)
 
 
-def _affine(mean, scale, X) -> Affine | None:
+def feature_affine(mean, scale, X) -> Affine | None:
     if mean is None and scale is None:
         return None
     d = X.shape[1]

@@ -70,6 +70,21 @@ def _direction(state: LbfgsState, g: jax.Array) -> jax.Array:
     return -lax.fori_loop(0, m, forward, r)
 
 
+def with_pair(state: LbfgsState, s: jax.Array, y: jax.Array, ok: jax.Array) -> LbfgsState:
+    """The history with the step s and gradient change y added (when the step was accepted and
+    sᵀy > 0: the inverse-Hessian estimate stays positive definite), ``stalled`` when it was not."""
+    sy = jnp.vdot(s, y)
+    keep = ok & (sy > jnp.finfo(sy.dtype).eps * jnp.vdot(y, y))
+    slot = (state.newest + 1) % MEMORY
+    return LbfgsState(
+        jnp.where(keep, state.s.at[slot].set(s), state.s),
+        jnp.where(keep, state.y.at[slot].set(y), state.y),
+        jnp.where(keep, state.rho.at[slot].set(1 / jnp.where(keep, sy, 1)), state.rho),
+        jnp.where(keep, slot, state.newest),
+        ~ok,
+    )
+
+
 def step(value_and_grad: Callable, params, state: LbfgsState, value, grad):
     """One iteration: the quasi-Newton direction, a backtracking line search from t = 1 (from
     1/‖g‖ while there is no history), and the new pair."""
@@ -112,17 +127,8 @@ def step(value_and_grad: Callable, params, state: LbfgsState, value, grad):
     start = (jnp.asarray(0), t0, jnp.asarray(jnp.inf, value.dtype), jnp.zeros_like(g))
     k, t, new_value, new_g = lax.while_loop(cond, body, start)
     ok = acceptable(t, new_value, new_g)
-    s, y = t * d, new_g - g
-    sy = jnp.vdot(s, y)
-    keep = ok & (sy > jnp.finfo(sy.dtype).eps * jnp.vdot(y, y))
-    slot = (state.newest + 1) % MEMORY
-    state = LbfgsState(
-        jnp.where(keep, state.s.at[slot].set(s), state.s),
-        jnp.where(keep, state.y.at[slot].set(y), state.y),
-        jnp.where(keep, state.rho.at[slot].set(1 / jnp.where(keep, sy, 1)), state.rho),
-        jnp.where(keep, slot, state.newest),
-        ~ok,
-    )
+    s = t * d
+    state = with_pair(state, s, new_g - g, ok)
     x_new = jnp.where(ok, x + s, x)
     value = jnp.where(ok, new_value, value)
     g = jnp.where(ok, new_g, g)

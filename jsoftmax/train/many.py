@@ -27,19 +27,25 @@ class ManyResult:
     value: np.ndarray  # (M,) each model's risk (its own weights and l2)
 
 
-@partial(jax.jit, static_argnames=("solver", "spec", "plan", "max_iter", "segment_statics"))
-def _fit_many_jit(params, X, labels, weights, l2s, smoothing, means, inv_scales, tol, *, solver,
-                  spec, plan, max_iter, segment_statics):
+def fit_one(p, data: Data, tol, *, solver, spec, plan, max_iter, segment_statics):
+    """One model's whole fit, traced (under ``vmap`` in ``fit_many``, a ``scan`` along a path):
+    (params, iterations, max|grad| — the KKT violation with an L1 penalty —, objective)."""
     chosen = registry.get(solver)
+    carry = chosen.start(p, data, spec=spec, plan=plan, max_iter=max_iter)
+    carry = chosen.segment(carry, max_iter, tol, data, spec=spec, plan=plan, **dict(segment_statics))
+    return carry.params, carry.iteration, inf_norm(carry.grad), carry.value
 
-    def one(p, w, l2, mean, inv_scale):
-        data = Data(X, labels, w, l2, smoothing, None if mean is None else Affine(mean, inv_scale))
-        carry = chosen.start(p, data, spec=spec, plan=plan, max_iter=max_iter)
-        carry = chosen.segment(carry, max_iter, tol, data, spec=spec, plan=plan, **dict(segment_statics))
-        return carry.params, carry.iteration, inf_norm(carry.grad), carry.value
 
-    axes = (0, 0, 0, None if means is None else 0, None if inv_scales is None else 0)
-    return jax.vmap(one, in_axes=axes)(params, weights, l2s, means, inv_scales)
+@partial(jax.jit, static_argnames=("solver", "spec", "plan", "max_iter", "segment_statics"))
+def _fit_many_jit(params, X, labels, weights, l2s, l1s, smoothing, means, inv_scales, tol, *, solver,
+                  spec, plan, max_iter, segment_statics):
+    def one(p, w, l2, l1, mean, inv_scale):
+        data = Data(X, labels, w, l2, smoothing, None if mean is None else Affine(mean, inv_scale), l1)
+        return fit_one(p, data, tol, solver=solver, spec=spec, plan=plan, max_iter=max_iter,
+                       segment_statics=segment_statics)
+
+    axes = (0, 0, 0, 0, None if means is None else 0, None if inv_scales is None else 0)
+    return jax.vmap(one, in_axes=axes)(params, weights, l2s, l1s, means, inv_scales)
 
 
 def fit_many(
@@ -49,9 +55,10 @@ def fit_many(
     *,
     sample_weights: jax.Array,
     l2: jax.Array,
+    l1: jax.Array | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
-    solver: str = "lbfgs",
+    solver: str | None = None,
     tol: float = 1e-6,
     max_iter: int = 1000,
     feature_means: jax.Array | None = None,
@@ -74,7 +81,10 @@ def fit_many(
       sample_weights: (M, N) non-negative row weights per model (0 leaves a row out; a model
         whose rows all weigh 0 has the penalty alone for objective).
       l2: (M,) L2 strength per model.
-      solver: "lbfgs" or "newton-cg"; tol, max_iter: per model, as in :func:`fit`.
+      l1: (M,) L1 strength per model (optional; the elastic net with ``l2``), as in :func:`fit`:
+        then ``grad_norm`` is each model's KKT violation.
+      solver: a full-batch solver ("lbfgs", "newton-cg", "owlqn"); default "lbfgs", or
+        "owlqn" when some ``l1`` is positive. tol, max_iter: per model, as in :func:`fit`.
       feature_means, feature_scales: (M, D) each, optional: per-model standardisation folded
         into the weights (see :func:`fit`), e.g. statistics of each fold's training rows.
       mesh, data_axis: split the rows over the ``data_axis`` of a ``jax.sharding.Mesh``, as
@@ -100,7 +110,14 @@ def fit_many(
         raise ValueError(f"`l2` must be finite and non-negative; got {l2_np.tolist()[:10]}.")
     if not np.all(np.isfinite(weights_np)) or np.any(weights_np < 0):
         raise ValueError("`sample_weights` must be finite and non-negative.")
-    chosen = registry.get(solver)
+    l1 = np.zeros(m) if l1 is None else np.asarray(_validate.as_array(l1, "l1"), np.float64)
+    if l1.shape != (m,) or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
+        raise ValueError(f"`l1` must be (M,) = ({m},) finite and non-negative; got {l1.tolist()[:10]}.")
+    capable = registry.with_l1()
+    chosen = registry.get(solver or (capable[0] if np.any(l1 > 0) else registry.DEFAULT))
+    if np.any(l1 > 0) and not chosen.l1:
+        raise ValueError(f"solver={chosen.name!r} does not handle an L1 penalty; use one of "
+                         f"{', '.join(map(repr, capable))}.")
     max_iter = _positive_int(max_iter, "max_iter")
     tol = check_tol(tol)
     # The first model validates the shared inputs; sliced on the host (no eager JAX program).
@@ -141,7 +158,7 @@ def fit_many(
                     None if b is None else jax.ShapeDtypeStruct(b.shape[1:], b.dtype))
     segment_statics = tuple(sorted(chosen.statics(shapes)[1].items()))
     fitted, n_iter, grad_norm, value = _aot.call(_fit_many_jit, (
-        start, problem.X, problem.labels, weights, np.asarray(l2, acc), label_smoothing, means, scales,
+        start, problem.X, problem.labels, weights, np.asarray(l2, acc), np.asarray(l1, acc), label_smoothing, means, scales,
         np.asarray(tol, acc)), dict(solver=chosen.name, spec=spec, plan=plan, max_iter=max_iter,
                                     segment_statics=segment_statics))
     fitted = in_dtype(fitted, W.dtype)

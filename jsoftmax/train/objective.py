@@ -41,6 +41,7 @@ class Data(NamedTuple):
     l2: Any  # λ
     smoothing: Any  # ε
     affine: Affine | None
+    l1: Any = 0.0  # λ₁ on W (the intercept is never penalised); only solvers with ``l1`` read it
 
 
 class Carry(NamedTuple):
@@ -159,6 +160,8 @@ class Solver(NamedTuple):
       statics: ``(params) -> (start_statics, segment_statics)``, its static settings (e.g. CG
         steps per Newton iteration from the params' shapes, an optax transformation).
       sparse_mesh: whether it runs on a sparse X sharded over a mesh.
+      l1: whether it minimises an L1 penalty too (``Data.l1``; its carry's ``grad`` is then the
+        pseudo-gradient, whose largest entry is the KKT violation).
     """
 
     name: str
@@ -166,3 +169,4 @@ class Solver(NamedTuple):
     segment: Callable
     statics: Callable[[Params], tuple[dict, dict]] = lambda params: ({}, {})
     sparse_mesh: bool = True
+    l1: bool = False

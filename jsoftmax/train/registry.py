@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import optax
 
-from . import lbfgs, newton_cg, optax_solver
+from . import lbfgs, newton_cg, optax_solver, owlqn
 from .objective import Solver
 
 # Each solver's name is spelled once, in its own file (its SOLVER record).
 SOLVERS: dict[str, Solver] = {solver.name: solver for solver in (
     lbfgs.SOLVER,
     newton_cg.SOLVER,
+    owlqn.SOLVER,
 )}
 DEFAULT = lbfgs.SOLVER.name
 
@@ -23,6 +24,11 @@ def get(name: str) -> Solver:
         raise ValueError(f"unknown solver {name!r}; choose one of {', '.join(map(repr, SOLVERS))} "
                          "or pass an optax transformation as `optimizer`.")
     return SOLVERS[name]
+
+
+def with_l1() -> list[str]:
+    """The solvers that minimise an L1 penalty."""
+    return [name for name, solver in SOLVERS.items() if solver.l1]
 
 
 def for_optimizer(optimizer: optax.GradientTransformation) -> Solver:

@@ -13,6 +13,7 @@ so a ``NotOffered`` anywhere else fails its test.
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import numpy as np
 from sklearn.metrics import get_scorer
@@ -20,21 +21,23 @@ from sklearn.metrics import get_scorer
 from jsoftmax import SoftmaxRegression, SoftmaxRegressionCV
 
 # scikit-learn's solvers that minimise the multinomial L2 objective, run as jsoftmax's own;
-# liblinear (a penalised intercept, one-vs-rest) is not that objective.
+# liblinear (a penalised intercept, one-vs-rest) is not that objective. saga, scikit-learn's
+# solver for the L1 and elastic-net penalties, runs as OWL-QN when one is asked for.
 SOLVERS = {"lbfgs": "lbfgs", "newton-cg": "newton-cg", "newton-cholesky": "newton-cg",
            "sag": "lbfgs", "saga": "lbfgs"}
+L1_SOLVERS = {"saga": "owlqn"}
 
 
 class NotOffered(NotImplementedError):
     """An option of scikit-learn's that jsoftmax does not offer."""
 
 
-def _solver(solver, dual) -> str:
+def _solver(solver, dual, l1: bool = False) -> str:
     if dual:
         raise NotOffered("dual=True (liblinear's dual formulation)")
     if solver not in SOLVERS:
         raise NotOffered(f"solver={solver!r}")
-    return SOLVERS[solver]
+    return L1_SOLVERS.get(solver, solver) if l1 else SOLVERS[solver]
 
 
 def _l2_only(penalty, l1_ratios) -> bool:
@@ -44,6 +47,17 @@ def _l2_only(penalty, l1_ratios) -> bool:
     if penalty in ("l1", "elasticnet") or any(r not in (0, None) for r in l1_ratios):
         raise NotOffered(f"penalty={penalty!r}, l1_ratio(s)={list(l1_ratios)} (L1/elastic-net)")
     return True
+
+
+def _ratio(penalty, l1_ratio):
+    """scikit-learn's penalty (not None) and l1_ratio as jsoftmax's l1_ratio."""
+    if penalty == "l1":
+        return 1.0
+    if penalty == "l2":
+        return 0.0
+    if penalty == "elasticnet":
+        return l1_ratio  # None: jsoftmax refuses it, naming l1_ratio
+    return 0.0 if l1_ratio is None else l1_ratio  # the default "deprecated"
 
 
 @contextlib.contextmanager
@@ -83,9 +97,10 @@ class LogisticRegression(SoftmaxRegression):
         self.n_jobs = n_jobs
 
     def fit(self, X, y, sample_weight=None):
-        solver = _solver(self.solver, self.dual)
-        C = self.C if _l2_only(self.penalty, [self.l1_ratio]) else np.inf
-        with _swapped(self, C=C, solver=solver, random_state=None):
+        # penalty=None is C=inf; otherwise the penalty names an l1_ratio.
+        C, ratio = (np.inf, 0.0) if self.penalty is None else (self.C, _ratio(self.penalty, self.l1_ratio))
+        solver = _solver(self.solver, self.dual, l1=isinstance(ratio, numbers.Real) and ratio > 0 and np.isfinite(C))
+        with _swapped(self, C=C, l1_ratio=ratio, solver=solver, random_state=None):
             return super().fit(X, y, sample_weight)
 
 

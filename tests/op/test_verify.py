@@ -273,3 +273,37 @@ def test_cli_verify_checks_a_learners_function_from_a_module(capsys, tmp_path, m
     assert "--grad-fn: 'mine' has no function 'nothing'" in capsys.readouterr().err
     assert cli.main(["verify", "--grad-fn", "mine:grad"]) == 2
     assert "give --problem NxDxK" in capsys.readouterr().err
+
+
+def test_the_kkt_step_checks_a_fitted_l1_model_and_fails_an_unfitted_one(x64):
+    # §14: the library's pseudo-gradient against the subdifferential written out, and the KKT
+    # violation of the point against kkt_tol: met at an OWL-QN fit, not at zero.
+    params, X, y, _ = _verify.random_problem(64, 10, 7, seed=3, bias=True)
+    start = jsoftmax.Params(params.W * 0, params.b * 0)
+    fitted = jsoftmax.fit(start, X, y, l1=0.02, l2=0.02, tol=1e-10, max_iter=10_000)
+    report = jsoftmax.check_gradient(fitted.params, X, y, l1=0.02, l2=0.02, kkt_tol=1e-9)
+    kkt = [row for row in report.rows if row.step == "KKT"]
+    assert report.passed and len(kkt) == 2 and kkt[1].max_abs_error <= 1e-9
+    assert "weights exactly 0" in kkt[1].quantity and int(kkt[1].quantity.split("(")[1].split()[0]) > 0
+    at_zero = jsoftmax.check_gradient(start, X, y, l1=0.02, l2=0.02, kkt_tol=1e-9)
+    assert [row.passed for row in at_zero.rows if row.step == "KKT"] == [True, False]
+    plain = jsoftmax.check_gradient(fitted.params, X, y, l2=0.02)
+    assert not any(row.step == "KKT" for row in plain.rows)
+
+
+def test_bad_kkt_options_are_refused(x64):
+    params, X, y, _ = _verify.random_problem(16, 5, 3, seed=0)
+    with pytest.raises(ValueError, match="`kkt_tol` checks the KKT conditions of an L1-penalised fit"):
+        jsoftmax.check_gradient(params, X, y, kkt_tol=1e-6)
+    with pytest.raises(ValueError, match="`l1`"):
+        jsoftmax.check_gradient(params, X, y, l1=-1.0)
+
+
+def test_cli_verify_kkt_fits_and_checks(capsys):
+    assert cli.main(["verify", "--problem", "64x10x7", "--kkt", "1e-8"]) == 0
+    out = capsys.readouterr().out
+    assert "KKT §14  KKT violation" in out and "PASSED" in out
+    assert cli.main(["verify", "--kkt", "1e-8"]) == 2
+    assert "give --problem NxDxK" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--kkt checks an L1-penalised fit"):
+        cli.main(["verify", "--problem", "16x5x3", "--kkt", "1e-8", "--options", "l2"])

@@ -194,7 +194,7 @@ def test_bad_input():
         SoftmaxRegression().fit(X, y, sample_weight=np.ones(149))
     with pytest.raises(ValueError, match="`sample_weight` must be non-negative"):
         SoftmaxRegression().fit(X, y, sample_weight=-np.ones(150))
-    with pytest.raises(ValueError, match=r"unknown solver 'newton'; choose one of auto, lbfgs, newton-cg, adam, sgd"):
+    with pytest.raises(ValueError, match=r"unknown solver 'newton'; choose one of auto, lbfgs, newton-cg, owlqn, adam, sgd"):
         SoftmaxRegression(solver="newton").fit(X, y)
     with pytest.raises(ValueError, match="solver='lbfgs' is full-batch"):
         SoftmaxRegression(solver="lbfgs", batch_size=8).fit(X, y)

@@ -56,3 +56,8 @@ def test_bad_devices_are_named(report):
     assert bad["too many"] == "ValueError: `devices`=9, but this process has 8 local device(s)."
     assert bad["a word"].startswith("ValueError: `devices` must be None, 'all', a positive int")
     assert bad["not devices"] == "TypeError: `devices` must hold jax devices (jax.devices()); got str."
+
+
+def test_the_l1_solver_on_eight_devices_equals_one_device(report):
+    difference, one_iters, many_iters, same_zeros, zeros = report["fit owlqn"]
+    assert difference <= 1e-10 and same_zeros and zeros > 0, report["fit owlqn"]

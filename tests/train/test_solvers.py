@@ -86,7 +86,7 @@ def test_estimator_solvers_and_auto():
     auto = SoftmaxRegression(max_iter=200).fit(X, y)  # the default is "auto"
     lbfgs = SoftmaxRegression(solver="lbfgs", max_iter=200).fit(X, y)
     np.testing.assert_array_equal(auto.coef_, lbfgs.coef_)
-    with pytest.raises(ValueError, match="unknown solver 'cg'; choose one of auto, lbfgs, newton-cg, adam, sgd"):
+    with pytest.raises(ValueError, match="unknown solver 'cg'; choose one of auto, lbfgs, newton-cg, owlqn, adam, sgd"):
         SoftmaxRegression(solver="cg").fit(X, y)
     with pytest.raises(ValueError, match="solver='newton-cg' is full-batch"):
         SoftmaxRegression(solver="newton-cg", batch_size=10).fit(X, y)

@@ -36,6 +36,13 @@ def main():
             many = jsoftmax.fit(start, X[:800], y[:800], solver=solver, l2=0.01, tol=1e-12, max_iter=1000,
                                 mesh=mesh, data_axis="data")
             out[f"fit {solver}"] = [relative(many.params.W, one.params.W), one.n_iter, many.n_iter]
+        # The L1 penalty's solver on the devices: the same optimum and the same exact zeros.
+        one = jsoftmax.fit(start, X[:800], y[:800], l1=0.01, l2=0.001, tol=1e-12, max_iter=5000)
+        many = jsoftmax.fit(start, X[:800], y[:800], l1=0.01, l2=0.001, tol=1e-12, max_iter=5000,
+                            mesh=mesh, data_axis="data")
+        out["fit owlqn"] = [relative(many.params.W, one.params.W), one.n_iter, many.n_iter,
+                            bool(np.array_equal(np.asarray(one.params.W) == 0, np.asarray(many.params.W) == 0)),
+                            int(np.sum(np.asarray(one.params.W) == 0))]
         sparse_start = jsoftmax.Params(np.zeros((40, 5)), np.zeros(5))
         one = jsoftmax.fit(sparse_start, X_sparse[:800], y[:800], solver="lbfgs", l2=0.01, tol=1e-10, max_iter=500)
         many = jsoftmax.fit(sparse_start, X_sparse[:800], y[:800], solver="lbfgs", l2=0.01, tol=1e-10, max_iter=500,
