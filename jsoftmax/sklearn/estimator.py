@@ -324,7 +324,8 @@ class SoftmaxRegression(SoftmaxClassifier):
         return self
 
     def objective(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """scikit-learn's objective ``C Σ sₙℓₙ + ½‖coef_‖²`` at the fitted coefficients (``Σ sₙℓₙ``
+        """scikit-learn's objective ``C Σ sₙℓₙ + ρ‖coef_‖₁ + (1 − ρ)/2‖coef_‖²`` (ρ the
+        ``l1_ratio``; ``C Σ sₙℓₙ + ½‖coef_‖²`` for ρ = 0) at the fitted coefficients (``Σ sₙℓₙ``
         for C = inf)."""
         check_is_fitted(self)
         y = np.asarray(y)
@@ -334,8 +335,9 @@ class SoftmaxRegression(SoftmaxClassifier):
         data = -np.sum(s * log_p[np.arange(len(y)), ids])
         if not np.isfinite(self.C):
             return float(data)
-        coef = self.coef_.toarray() if _sparse.is_sparse(self.coef_) else self.coef_
-        return float(self.C * data + 0.5 * np.sum(np.asarray(coef, np.float64) ** 2))
+        coef = np.asarray(self.coef_.toarray() if _sparse.is_sparse(self.coef_) else self.coef_, np.float64)
+        rho = float(self.l1_ratio)
+        return float(self.C * data + rho * np.sum(np.abs(coef)) + 0.5 * (1 - rho) * np.sum(coef**2))
 
     # --- prediction ---------------------------------------------------------------------
 

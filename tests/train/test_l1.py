@@ -114,6 +114,7 @@ def test_estimator_matches_scikit_learn_saga(loader, C, rho):
         theirs = LogisticRegression(C=C, l1_ratio=rho, solver="saga", tol=1e-10, max_iter=20000).fit(X, y)
     assert ours.optimality_["converged"] and ours.optimality_["kkt_violation"] <= 1e-10
     ours_f, theirs_f = _sklearn_objective(ours, X, y, C, rho), _sklearn_objective(theirs, X, y, C, rho)
+    assert ours.objective(X, y) == pytest.approx(ours_f, rel=1e-12)  # the estimator's own, with the L1 term
     assert ours_f <= theirs_f * (1 + 1e-9), (ours_f, theirs_f)
     # The same support, up to coefficients below 1e-8.
     np.testing.assert_array_equal(np.abs(ours.coef_) > 1e-8, np.abs(theirs.coef_) > 1e-8)
