@@ -184,3 +184,18 @@ def test_train_predict_evaluate_on_a_libsvm_file_stay_sparse(tmp_path, capsys, m
     code, out, _ = run_cli(capsys, "evaluate", str(model_path), str(tmp_path / "train.svm"), "--json")
     assert code == 0 and json.loads(out)["data"]["sparse"] and 0 <= json.loads(out)["accuracy"] <= 1
 
+
+
+def test_the_console_script_entry_point_loads_the_command_line():
+    # `make demo` runs the installed `jsoftmax` script: its entry point must name the CLI's
+    # module as it is now (it once kept naming a module that had moved, and the script failed).
+    import tomllib
+    from importlib import import_module
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    target = pyproject["project"]["scripts"]["jsoftmax"]
+    module, _, attribute = target.partition(":")
+    from jsoftmax import cli
+
+    assert getattr(import_module(module), attribute) is cli.main
