@@ -58,6 +58,16 @@ def test_train_minibatch_human_output(tmp_path, capsys):
     assert code == 0 and "Trained on dataset wine" in out and "Test:" in out
 
 
+def test_train_with_an_l1_penalty(capsys):
+    code, out, _ = run_cli(capsys, "train", "--dataset", "wine", "--l1-ratio", "1", "--C", "0.1", "--tol", "1e-8")
+    assert code == 0 and "Optimality: KKT violation" in out and "converged=True" in out
+    code, out, _ = run_cli(capsys, "train", "--dataset", "wine", "--l1-ratio", "0.5", "--json")
+    payload = json.loads(out)
+    assert payload["optimality"]["converged"] and payload["optimality"]["kkt_violation"] <= 1e-6
+    code, _, err = run_cli(capsys, "train", "--dataset", "wine", "--l1-ratio", "2")
+    assert code == 2 and "l1_ratio" in err
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--dataset", "iris", "--resume")
     assert code == 2 and "--resume needs --checkpoint DIR" in err
