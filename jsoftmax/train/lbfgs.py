@@ -85,6 +85,27 @@ def with_pair(state: LbfgsState, s: jax.Array, y: jax.Array, ok: jax.Array) -> L
     )
 
 
+def backtrack(t0, evaluate: Callable, acceptable: Callable, shorter: Callable, dtype, g, max_backtracks: int):
+    """(t, value, gradient, accepted): ``evaluate(t) -> (value, flat gradient)`` at t0, then at
+    ``shorter(t, value)`` until ``acceptable(t, value, gradient)`` or ``max_backtracks`` more
+    evaluations. One ``while_loop`` whose first pass evaluates at t0 and later passes backtrack,
+    so the objective is traced at one call site (half the compiled program)."""
+
+    def cond(carry):  # k counts evaluations; k = 0 has none yet
+        k, t, v, gn = carry
+        return (k == 0) | ((k <= max_backtracks) & ~acceptable(t, v, gn))
+
+    def body(carry):
+        k, t, v, gn = carry
+        t = jnp.where(k == 0, t0, shorter(t, v))
+        v, gn = evaluate(t)
+        return k + 1, t, v, gn
+
+    start = (jnp.asarray(0), t0, jnp.asarray(jnp.inf, dtype), jnp.zeros_like(g))
+    _, t, v, gn = lax.while_loop(cond, body, start)
+    return t, v, gn, acceptable(t, v, gn)
+
+
 def step(value_and_grad: Callable, params, state: LbfgsState, value, grad):
     """One iteration: the quasi-Newton direction, a backtracking line search from t = 1 (from
     1/‖g‖ while there is no history), and the new pair."""
@@ -109,24 +130,13 @@ def step(value_and_grad: Callable, params, state: LbfgsState, value, grad):
         rounding = jnp.abs(t * slope) <= tiny
         return jnp.isfinite(v) & jnp.where(rounding, jnp.vdot(gn, gn) < jnp.vdot(g, g), armijo)
 
-    # k counts evaluations; k = 0 has none yet. The first pass evaluates at t0 and later passes
-    # backtrack, so the objective is traced at one call site (half the compiled program).
-    def cond(carry):
-        k, t, v, gn = carry
-        return (k == 0) | ((k <= MAX_BACKTRACKS) & ~acceptable(t, v, gn))
-
-    def body(carry):
-        k, t, v, gn = carry
+    def shorter(t, v):
         # Minimiser of the quadratic through f(0), f'(0) and f(t), kept within [0.1t, 0.5t].
         curvature = v - value - slope * t
         t_quad = jnp.where(jnp.isfinite(v) & (curvature > 0), -slope * t**2 / (2 * jnp.where(curvature > 0, curvature, 1)), 0.5 * t)
-        t = jnp.where(k == 0, t0, jnp.clip(t_quad, 0.1 * t, 0.5 * t))
-        v, gn = evaluate(t)
-        return k + 1, t, v, gn
+        return jnp.clip(t_quad, 0.1 * t, 0.5 * t)
 
-    start = (jnp.asarray(0), t0, jnp.asarray(jnp.inf, value.dtype), jnp.zeros_like(g))
-    k, t, new_value, new_g = lax.while_loop(cond, body, start)
-    ok = acceptable(t, new_value, new_g)
+    t, new_value, new_g, ok = backtrack(t0, evaluate, acceptable, shorter, value.dtype, g, MAX_BACKTRACKS)
     s = t * d
     state = with_pair(state, s, new_g - g, ok)
     x_new = jnp.where(ok, x + s, x)

@@ -35,7 +35,6 @@ from typing import NamedTuple
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
-from jax import lax
 
 from .._penalty import l1_value, pseudo_gradient
 from . import lbfgs
@@ -109,19 +108,8 @@ def step(value_and_grad, lam, params, state: OwlqnState, value, pg_tree):
         pg_new = pseudo_gradient(trial(t), gn, lam)
         return jnp.isfinite(v) & jnp.where(rounding, jnp.vdot(pg_new, pg_new) < jnp.vdot(pg, pg), armijo)
 
-    def cond(carry):
-        k, t, v, gn = carry
-        return (k == 0) | ((k <= MAX_BACKTRACKS) & ~acceptable(t, v, gn))
-
-    def body(carry):
-        k, t, v, gn = carry
-        t = jnp.where(k == 0, t0, 0.5 * t)
-        v, gn = evaluate(t)
-        return k + 1, t, v, gn
-
-    begin = (jnp.asarray(0), t0, jnp.asarray(jnp.inf, value.dtype), jnp.zeros_like(g))
-    _, t, new_value, new_g = lax.while_loop(cond, body, begin)
-    ok = acceptable(t, new_value, new_g)
+    t, new_value, new_g, ok = lbfgs.backtrack(t0, evaluate, acceptable, lambda t, v: 0.5 * t, value.dtype, g,
+                                              MAX_BACKTRACKS)
     x_new = trial(t)
     pairs = lbfgs.with_pair(state.pairs, x_new - x, new_g - g, ok)
     x_new = jnp.where(ok, x_new, x)
