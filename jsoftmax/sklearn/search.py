@@ -1,9 +1,10 @@
-"""``SoftmaxRegressionCV``: a C × fold search fitted with :func:`jsoftmax.fit_many`.
+"""``SoftmaxRegressionCV``: an (l1_ratio ×) C × fold search fitted with :func:`jsoftmax.fit_many`.
 
 scikit-learn's ``LogisticRegressionCV`` interface. The folds are row weights over one X (no
-copy of X per fold) and are fitted together, one ``vmap``-ed solve per C; the Cs are taken in
-the given order, each fold warm-started from its solution at the previous C — the path that
-makes scikit-learn's search cheap, kept here — so each compiled solve needs few iterations.
+copy of X per fold) and are fitted together with every l1_ratio, one ``vmap``-ed solve per C
+(the same compiled program for each C); the Cs are taken in the given order, each (ratio, fold)
+model warm-started from its solution at the previous C — the path that makes scikit-learn's
+search cheap, kept here — so each solve needs few iterations.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from .._types import Params
 from ..io.model_files import public_coefficients
 from ..train import fit_many
 from . import constraints
+from ..train import registry
 from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SoftmaxClassifier, as_dtype, coefficient_dtype,
-                     column_moments, device_mesh, fit_data, is_half_precision, pad_rows, penalty_strength,
+                     column_moments, device_mesh, fit_data, is_half_precision, pad_rows, penalty_strengths,
                      training_weights)
 from .estimator import SoftmaxRegression
 
-CV_SOLVERS = FULL_BATCH_SOLVERS  # the full-batch solvers fit_many vmaps
+CV_SOLVERS = ("auto", *FULL_BATCH_SOLVERS)  # "auto" and the full-batch solvers fit_many vmaps
 
 
 # Rows of a fold's test set scored at a time (a copy of at most this much of X).
@@ -71,11 +73,16 @@ def _with_labels(scorer, classes: np.ndarray):
 
 
 class SoftmaxRegressionCV(SoftmaxClassifier):
-    """Multinomial logistic regression with C chosen by cross-validation, every (C, fold) model
-    fitted in compiled, vmapped solves.
+    """Multinomial logistic regression with C (and the elastic net's l1_ratio) chosen by
+    cross-validation, every (l1_ratio, C, fold) model fitted in compiled, vmapped solves.
 
     Args:
       Cs: number of C values on a log grid between 1e-4 and 1e4 (as scikit-learn), or a list.
+      l1_ratios: None (the L2 penalty alone), or a list of elastic-net mixings ρ ∈ [0, 1] to
+        search with the Cs (scikit-learn's ``l1_ratios``; the objective of each is
+        :class:`SoftmaxRegression`'s with that ``l1_ratio``). The (ratio, C) pair with the best
+        total score over the folds wins — ties to the smaller C, then to the earlier ratio, as
+        ``LogisticRegressionCV``.
       cv: folds: an int (stratified k-fold), a splitter, or an iterable of (train, test).
       scoring: a scikit-learn scorer name or callable; default accuracy.
       refit: refit on all the data at the best C (warm-started from the folds' mean), else
@@ -84,27 +91,44 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         :class:`SoftmaxRegression` (``standardize`` uses each fold's own training statistics).
       devices: as in :class:`SoftmaxRegression`: the folds' fits and the refit split the rows
         over these devices.
-      solver: "lbfgs" (default; jsoftmax's lean L-BFGS) or "newton-cg". On the search
-        benchmark the vmapped folds were fastest with the lean L-BFGS, then Newton-CG; optax's
-        L-BFGS, whose zoom line searches batched over the folds wait for the slowest, was far
-        behind (``benchmarks/results/search-cpu.md``).
+      solver: "auto" (default: "lbfgs", jsoftmax's lean L-BFGS, for the L2 penalty; "owlqn"
+        when an l1_ratio is positive), "lbfgs", "newton-cg" or "owlqn" (the one that fits an L1
+        part; the others refuse ``l1_ratios`` above 0). On the search benchmark the vmapped folds
+        were fastest with the lean L-BFGS, then Newton-CG; optax's L-BFGS, whose zoom line
+        searches batched over the folds wait for the slowest, was far behind
+        (``benchmarks/results/search-cpu.md``).
 
-    Attributes (scikit-learn's): ``Cs_``, ``C_`` (one per class, all equal: the model is
-    multinomial; one for a binary problem), ``scores_`` and ``coefs_paths_`` (dicts keyed by class — by the positive
-    class alone for a binary problem — of (n_folds, n_Cs) scores, the same for every class,
-    and (n_folds, n_Cs, n_features [+ 1]) coefficient paths of that class),
-    ``n_iter_`` (1, n_folds, n_Cs), ``coef_``, ``intercept_``, ``classes_``,
-    ``n_features_in_``; and ``best_estimator_``, the refitted :class:`SoftmaxRegression`.
+    Attributes (scikit-learn's, in its layout with ``use_legacy_attributes=True``): ``Cs_``,
+    ``C_`` and ``l1_ratio_`` (one per class, all equal: the model is multinomial; one for a
+    binary problem), ``l1_ratios_`` (the ratios searched; ``[0.0]`` for ``l1_ratios=None``),
+    ``scores_`` and ``coefs_paths_`` (dicts keyed by class — by the positive class alone for a
+    binary problem — of (n_folds, n_Cs) scores, the same for every class, and
+    (n_folds, n_Cs, n_features [+ 1]) coefficient paths of that class; with ``l1_ratios`` given,
+    an l1-ratio axis after the Cs' — (n_folds, n_Cs, n_l1_ratios) and
+    (n_folds, n_Cs, n_l1_ratios, n_features [+ 1])), ``n_iter_`` (1, n_folds, n_Cs [,
+    n_l1_ratios]), ``coef_``, ``intercept_``, ``classes_``, ``n_features_in_``; and
+    ``best_estimator_``, the refitted :class:`SoftmaxRegression`.
+
+    Example:
+      >>> from sklearn.datasets import load_wine
+      >>> from sklearn.preprocessing import scale
+      >>> X, y = load_wine(return_X_y=True)
+      >>> search = SoftmaxRegressionCV(Cs=[0.01, 0.1, 1.0], l1_ratios=[0.5, 1.0], cv=3).fit(scale(X), y)
+      >>> search.scores_[0].shape  # (folds, Cs, l1_ratios)
+      (3, 3, 2)
+      >>> bool(search.C_[0] in search.Cs_ and search.l1_ratio_[0] in search.l1_ratios_)
+      True
     """
 
     # ``score`` takes ``sample_weight`` for its scorer, as LogisticRegressionCV's (routing).
     __metadata_request__score = {"sample_weight": metadata_routing.UNUSED}
 
-    def __init__(self, Cs: int | list = 10, *, cv: Any = None, scoring: Any = None, refit: bool = True,
-                 fit_intercept: bool = True, class_weight: dict | str | None = None, max_iter: int = 100,
-                 tol: float = 1e-4, solver: str = "lbfgs", standardize: bool = False,
+    def __init__(self, Cs: int | list = 10, *, l1_ratios: list | None = None, cv: Any = None, scoring: Any = None,
+                 refit: bool = True, fit_intercept: bool = True, class_weight: dict | str | None = None,
+                 max_iter: int = 100, tol: float = 1e-4, solver: str = "auto", standardize: bool = False,
                  dtype: str = "float64", devices: Any = None):
         self.Cs = Cs
+        self.l1_ratios = l1_ratios
         self.cv = cv
         self.scoring = scoring
         self.refit = refit
@@ -137,6 +161,31 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
             raise ValueError(f"`Cs` must be a non-empty list of positive finite numbers; got {Cs!r}.")
         return grid
+
+    def _ratios(self) -> np.ndarray | None:
+        """The l1_ratios grid (None: the L2 penalty alone, no ratio axis in the attributes)."""
+        ratios = self.l1_ratios
+        if ratios is None:
+            return None
+        expected = "None or a non-empty list of numbers in [0, 1]"
+        if isinstance(ratios, (str, bytes)) or not np.iterable(ratios) or any(
+                not isinstance(r, numbers.Real) or isinstance(r, (bool, np.bool_)) for r in ratios):
+            raise ValueError(f"`l1_ratios` must be {expected}; got {ratios!r}.")
+        grid = np.asarray(list(ratios), np.float64)
+        if grid.ndim != 1 or grid.size == 0 or not np.all((grid >= 0) & (grid <= 1)):  # NaN fails too
+            raise ValueError(f"`l1_ratios` must be {expected}; got {ratios!r}.")
+        return grid
+
+    def _solver(self, ratios: np.ndarray) -> str:
+        """The solver of the folds' fits: "auto" is L-BFGS for L2 alone, OWL-QN with an L1 part."""
+        l1 = bool(np.any(ratios > 0))
+        capable = registry.with_l1()
+        if self.solver == "auto":
+            return capable[0] if l1 else "lbfgs"
+        if l1 and self.solver not in capable:
+            raise ValueError(f"solver={self.solver!r} cannot fit l1_ratios={ratios.tolist()} (an L1 penalty); "
+                             f"use solver='auto' or one of {', '.join(map(repr, capable))}.")
+        return self.solver
 
     def _folds(self, X, y, split_params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         cv = 5 if self.cv is None else self.cv
@@ -176,11 +225,14 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         return self._get_scorer()(self, X, y, **params)
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None, **params) -> SoftmaxRegressionCV:
-        """Search C over the folds, then refit; returns self. ``params`` are routed to the
-        splitter and the scorer (scikit-learn's metadata routing, when enabled)."""
+        """Search (l1_ratio ×) C over the folds, then refit; returns self. ``params`` are routed
+        to the splitter and the scorer (scikit-learn's metadata routing, when enabled)."""
         _raise_for_params(params, self, "fit")
         self._check_params()
         grid = self._grid()
+        given_ratios = self._ratios()
+        ratios = np.zeros(1) if given_ratios is None else given_ratios
+        solver = self._solver(ratios)
         out_dtype = coefficient_dtype(X)
         X, y, classes, y_ids = fit_data(self, X, y, min_samples=2)
         if _routing_enabled():
@@ -193,12 +245,13 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         unit = total / float(np.sum(base))  # what a weight of 1 in `base` weighs
         n, d = X.shape
         k = len(classes)
-        weights = np.zeros((len(folds), n))
+        n_folds, n_cs, n_ratios = len(folds), len(grid), len(ratios)
+        weights = np.zeros((n_folds, n))
         for i, (train, _) in enumerate(folds):
             weights[i, train] = base[train]
-        # Each fold's penalty in the scaled form, λ = 1/(C·Σs) (see penalty_strength), from its
-        # own training weights; a fold whose training rows all weigh 0 is the penalty alone,
-        # whose minimum W = 0 any λ > 0 finds.
+        # Each fold's penalties in the scaled form (see penalty_strengths), from its own
+        # training weights; a fold whose training rows all weigh 0 is the penalty alone, whose
+        # minimum W = 0 any λ > 0 finds.
         totals = weights.sum(axis=1) * unit
         totals = np.where(totals > 0, totals, 1.0)
         peaks = weights.max(axis=1)  # each fold's weights divided by their largest (float32, tiny)
@@ -208,11 +261,15 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
             moments = [column_moments(X, rows=np.isin(np.arange(n), train)) for train, _ in folds]
             means = np.stack([m for m, _ in moments])
             scales = np.stack([np.where(s > 0, s, 1.0) for _, s in moments])
-        n_folds, n_cs = len(folds), len(grid)
-        paths = np.zeros((n_folds, n_cs, d, k))
-        biases = np.zeros((n_folds, n_cs, k))
-        scores = np.zeros((n_folds, n_cs))
-        iterations = np.zeros((n_folds, n_cs), np.int32)
+        # The models, ratio-major: model r·F + i is ratio r on fold i (one row of weights each).
+        model_weights = np.tile(weights, (n_ratios, 1))
+        model_means = None if means is None else np.tile(means, (n_ratios, 1))
+        model_scales = None if scales is None else np.tile(scales, (n_ratios, 1))
+        with_l1 = bool(np.any(ratios > 0))
+        paths = np.zeros((n_folds, n_cs, n_ratios, d, k))
+        biases = np.zeros((n_folds, n_cs, n_ratios, k))
+        scores = np.zeros((n_folds, n_cs, n_ratios))
+        iterations = np.zeros((n_folds, n_cs, n_ratios), np.int32)
         # X stored in 16 bits is searched as stored, in float32 (its products' accumulation).
         half = is_half_precision(X)
         with enable_x64(self.dtype == "float64" and not half):
@@ -221,62 +278,75 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
             X_device = as_dtype(X, dtype, keep_half=True)
             # NumPy inputs: no eager JAX conversions to compile (fit_many's program is stored, _aot).
             labels = np.asarray(y_ids, np.int32)
-            W = np.zeros((n_folds, d, k), dtype)
-            b = np.zeros((n_folds, k), dtype) if self.fit_intercept else None
-            fold_weights = np.asarray(weights, dtype)
+            W = np.zeros((n_ratios * n_folds, d, k), dtype)
+            b = np.zeros((n_ratios * n_folds, k), dtype) if self.fit_intercept else None
+            fold_weights = np.asarray(model_weights, dtype)
             mesh = device_mesh(self.devices)
             if mesh is not None:  # the rows split over the devices: zero-weight rows to a multiple
                 X_device, labels, fold_weights = pad_rows(X_device, labels, fold_weights.T, X_device.dtype,
                                                           multiple=mesh.size)
                 fold_weights = np.ascontiguousarray(fold_weights.T)
-            for j, C in enumerate(grid):  # warm-started along the path, folds in parallel
-                l2 = [penalty_strength(C, total, k, self.dtype) for total in totals]
+            for j, C in enumerate(grid):  # warm-started along the path, every (ratio, fold) in parallel
+                strengths = np.array([penalty_strengths(C, total, k, self.dtype, ratio)
+                                      for ratio in ratios for total in totals])  # (R·F, 2): λ, λ₁
                 result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
-                                  l2=np.asarray(l2, dtype), solver=self.solver, tol=float(self.tol),
-                                  max_iter=int(self.max_iter), feature_means=means, feature_scales=scales,
+                                  l2=np.asarray(strengths[:, 0], dtype),
+                                  l1=np.asarray(strengths[:, 1], dtype) if with_l1 else None,
+                                  solver=solver, tol=float(self.tol), max_iter=int(self.max_iter),
+                                  feature_means=model_means, feature_scales=model_scales,
                                   mesh=mesh, data_axis=None if mesh is None else "data")
                 W, b = result.params.W, result.params.b
-                paths[:, j] = np.asarray(W, np.float64)
+                paths[:, j] = np.asarray(W, np.float64).reshape(n_ratios, n_folds, d, k).swapaxes(0, 1)
                 if b is not None:
-                    biases[:, j] = np.asarray(b, np.float64)
-                iterations[:, j] = result.n_iter
+                    biases[:, j] = np.asarray(b, np.float64).reshape(n_ratios, n_folds, k).swapaxes(0, 1)
+                iterations[:, j] = np.asarray(result.n_iter).reshape(n_ratios, n_folds).T
         for i, (_, test) in enumerate(folds):
-            models = [self._fitted(C, paths[i, j], biases[i, j] if self.fit_intercept else None, classes, d,
-                                   None if means is None else means[i], None if scales is None else scales[i])
-                      for j, C in enumerate(grid)]
+            models = [self._fitted(C, paths[i, j, r], biases[i, j, r] if self.fit_intercept else None, classes, d,
+                                   None if means is None else means[i], None if scales is None else scales[i],
+                                   ratio, solver)
+                      for j, C in enumerate(grid) for r, ratio in enumerate(ratios)]
             if self.scoring is None and set(score_params) <= {"sample_weight"}:
                 # accuracy, as model.score(X[test], ...), but never a whole copy of X[test]
                 predicted = _predict_by_blocks(models, X, test)
                 weight = score_params.get("sample_weight")
                 weight = None if weight is None else np.asarray(weight)[test]
-                scores[i] = [accuracy_score(y[test], p, sample_weight=weight) for p in predicted]
+                fold_scores = [accuracy_score(y[test], p, sample_weight=weight) for p in predicted]
             else:
                 scorer = _with_labels(self._get_scorer(), classes)
                 fold_params = _check_method_params(X, params=score_params, indices=test)
                 X_test, y_test = X[test], y[test]
-                scores[i] = [scorer(model, X_test, y_test, **fold_params) for model in models]
-        self.Cs_, self.classes_ = grid, classes
+                fold_scores = [scorer(model, X_test, y_test, **fold_params) for model in models]
+            scores[i] = np.reshape(fold_scores, (n_cs, n_ratios))
+        self.Cs_, self.classes_, self.l1_ratios_ = grid, classes, ratios
+        # LogisticRegressionCV's choice: the argmax over (C, ratio) flattened C-major, so a tie
+        # goes to the smaller C, then to the earlier ratio.
         if self.refit:
-            best = int(np.argmax(scores.sum(axis=0)))
-            C_best = grid[best]
-            mean_W, mean_b = paths[:, best].mean(axis=0), biases[:, best].mean(axis=0)
-        else:  # scikit-learn's: each fold's own best C; their coefficients and Cs averaged
-            best_per_fold = np.argmax(scores, axis=1)
-            C_best = float(np.mean(grid[best_per_fold]))
-            mean_W = np.mean([paths[i, j] for i, j in enumerate(best_per_fold)], axis=0)
-            mean_b = np.mean([biases[i, j] for i, j in enumerate(best_per_fold)], axis=0)
+            best_C, best_ratio = np.unravel_index(int(np.argmax(scores.sum(axis=0))), (n_cs, n_ratios))
+            C_best, ratio_best = grid[best_C], float(ratios[best_ratio])
+            mean_W = paths[:, best_C, best_ratio].mean(axis=0)
+            mean_b = biases[:, best_C, best_ratio].mean(axis=0)
+        else:  # scikit-learn's: each fold's own best (C, ratio); their coefficients, Cs and ratios averaged
+            best_C, best_ratio = np.unravel_index(np.argmax(scores.reshape(n_folds, -1), axis=1), (n_cs, n_ratios))
+            C_best, ratio_best = float(np.mean(grid[best_C])), float(np.mean(ratios[best_ratio]))
+            mean_W = paths[np.arange(n_folds), best_C, best_ratio].mean(axis=0)
+            mean_b = biases[np.arange(n_folds), best_C, best_ratio].mean(axis=0)
         self.C_ = np.full(1 if k == 2 else k, C_best)  # scikit-learn: one per class, one if binary
-        intercept_column = biases[..., None, :] if self.fit_intercept else np.zeros((n_folds, n_cs, 0, k))
-        full = np.concatenate([paths, intercept_column], axis=2).transpose(0, 1, 3, 2)  # (F, C, K, D+1)
+        self.l1_ratio_ = np.full(1 if k == 2 else k, ratio_best)
+        intercept_column = (biases[..., None, :] if self.fit_intercept
+                            else np.zeros((n_folds, n_cs, n_ratios, 0, k)))
+        full = np.concatenate([paths, intercept_column], axis=3).swapaxes(3, 4)  # (F, C, R, K, D+1)
+        if given_ratios is None:  # no l1-ratio axis, as scikit-learn without l1_ratios
+            full, scores, iterations = full[:, :, 0], scores[:, :, 0], iterations[:, :, 0]
         if k == 2:  # scikit-learn's binomial layout: one key, the positive class, w₁ − w₀
             self.scores_ = {classes[1]: scores}
-            self.coefs_paths_ = {classes[1]: full[:, :, 1] - full[:, :, 0]}
+            self.coefs_paths_ = {classes[1]: full[..., 1, :] - full[..., 0, :]}
         else:
             self.scores_ = {c: scores for c in classes}
-            self.coefs_paths_ = {c: full[:, :, i] for i, c in enumerate(classes)}
+            self.coefs_paths_ = {c: full[..., i, :] for i, c in enumerate(classes)}
         self.n_iter_ = iterations[None]
+        final_solver = solver if self.solver != "auto" else ("lbfgs" if ratio_best == 0 else solver)
         if self.refit:
-            final = self._template(C_best).set_params(warm_start=True)
+            final = self._template(C_best, ratio_best, final_solver).set_params(warm_start=True)
             final.classes_ = classes
             final.coef_, final.intercept_ = public_coefficients(mean_W, mean_b if self.fit_intercept else None)
             final.fit(X, y, sample_weight=sample_weight)
@@ -285,20 +355,20 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
             m_mean = None if means is None else means.mean(axis=0)
             m_scale = None if scales is None else scales.mean(axis=0)
             final = self._fitted(C_best, mean_W, mean_b if self.fit_intercept else None, classes, d,
-                                 m_mean, m_scale)
+                                 m_mean, m_scale, ratio_best, final_solver)
         final.coef_, final.intercept_ = final.coef_.astype(out_dtype), final.intercept_.astype(out_dtype)
         self.best_estimator_ = final
         self.coef_, self.intercept_ = final.coef_, final.intercept_
         return self
 
-    def _template(self, C: float) -> SoftmaxRegression:
-        return SoftmaxRegression(C=C, fit_intercept=self.fit_intercept, class_weight=self.class_weight,
-                                 max_iter=self.max_iter, tol=self.tol, solver=self.solver,
-                                 standardize=self.standardize, dtype=self.dtype, devices=self.devices)
+    def _template(self, C: float, l1_ratio: float, solver: str) -> SoftmaxRegression:
+        return SoftmaxRegression(C=C, l1_ratio=l1_ratio, fit_intercept=self.fit_intercept,
+                                 class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
+                                 solver=solver, standardize=self.standardize, dtype=self.dtype, devices=self.devices)
 
-    def _fitted(self, C, W, b, classes, d, mean, scale) -> SoftmaxRegression:
+    def _fitted(self, C, W, b, classes, d, mean, scale, l1_ratio, solver) -> SoftmaxRegression:
         """A :class:`SoftmaxRegression` holding given coefficients (for scoring a fold)."""
-        model = self._template(C)
+        model = self._template(C, l1_ratio, solver)
         model.classes_, model.n_features_in_ = classes, d
         model.coef_, model.intercept_ = public_coefficients(W, b)
         if self.standardize:

@@ -20,8 +20,8 @@ weight, how far :math:`|\partial_j f|` exceeds :math:`\lambda_1`; for a non-zero
 and the estimators' ``optimality_`` report it.
 
 Each iteration: the L-BFGS direction of the pseudo-gradient (the two-loop recursion of
-``lbfgs``, its pairs from the *smooth* gradients), with the components that would not descend
-set to 0; a backtracking line search along it, each trial point projected onto the orthant of
+``lbfgs``, its pairs from the *smooth* gradients), with the penalised components that would not
+descend set to 0 (the intercept's are kept: see ``step``); a backtracking line search along it, each trial point projected onto the orthant of
 the current point (a weight that would change sign becomes exactly 0.0 — the model's zeros are
 exact), accepted on the Armijo condition for F along the pseudo-gradient. One evaluation of f
 per trial, as L-BFGS. With :math:`\lambda_1 = 0` it is L-BFGS.
@@ -82,7 +82,11 @@ def step(value_and_grad, lam, params, state: OwlqnState, value, pg_tree):
     g = state.smooth_grad
     empty = ~jnp.any(state.pairs.rho > 0)
     d = lbfgs._direction(state.pairs, pg)
-    d = jnp.where(d * pg < 0, d, 0.0)  # only components that descend along −pg
+    # Only penalised components that descend along −pg. The intercept's are kept whole: the
+    # two-loop direction's intercept part then sums to 0 over the classes (every gradient's
+    # does), so Σₖ bₖ stays where it started — the softmax's shift that scikit-learn's fits
+    # keep too (zeroing some of them drifted it: the same model, a different intercept_).
+    d = jnp.where((lam == 0) | (d * pg < 0), d, 0.0)
     slope = jnp.vdot(pg, d)
     descent = slope < 0
     d = jnp.where(descent, d, -pg)

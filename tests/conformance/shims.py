@@ -40,15 +40,6 @@ def _solver(solver, dual, l1: bool = False) -> str:
     return L1_SOLVERS.get(solver, solver) if l1 else SOLVERS[solver]
 
 
-def _l2_only(penalty, l1_ratios) -> bool:
-    """True for the L2 penalty, False for none (``penalty=None``); L1 parts are not offered."""
-    if penalty is None:
-        return False
-    if penalty in ("l1", "elasticnet") or any(r not in (0, None) for r in l1_ratios):
-        raise NotOffered(f"penalty={penalty!r}, l1_ratio(s)={list(l1_ratios)} (L1/elastic-net)")
-    return True
-
-
 def _ratio(penalty, l1_ratio):
     """scikit-learn's penalty (not None) and l1_ratio as jsoftmax's l1_ratio."""
     if penalty == "l1":
@@ -134,34 +125,51 @@ class LogisticRegressionCV(SoftmaxRegressionCV):
 
     def fit(self, X, y, sample_weight=None, **params):
         ratios = None if isinstance(self.l1_ratios, str) or self.l1_ratios is None else list(self.l1_ratios)
-        if not _l2_only(self.penalty, ratios or []):
-            raise NotOffered("penalty=None in LogisticRegressionCV")
+        grid = _cv_ratios(self.penalty, ratios)
+        l1 = grid is not None and any(isinstance(r, numbers.Real) and r > 0 for r in grid)
         scoring = None if self.scoring == "warn" else self.scoring
-        with _swapped(self, solver=_solver(self.solver, self.dual), scoring=scoring):
+        with _swapped(self, solver=_solver(self.solver, self.dual, l1=l1), scoring=scoring, l1_ratios=grid):
             super().fit(X, y, sample_weight, **params)
-        self._lay_out(ratios, legacy=self.use_legacy_attributes in (True, "warn"))
+        # scikit-learn adds the l1-ratio axis when l1_ratios is given, not for penalty="l1"
+        self._lay_out(ratios if self.penalty in ("deprecated", "elasticnet") else None,
+                      legacy=self.use_legacy_attributes in (True, "warn"))
         return self
 
     def _lay_out(self, ratios, legacy: bool) -> None:
-        """jsoftmax's attributes (scikit-learn's legacy layout without an l1-ratio axis) in the
-        layout scikit-learn 1.9 gives for these parameters."""
-        n_ratios = 1 if ratios is None else len(ratios)
-        keys = list(self.coefs_paths_)
-        paths = np.stack([self.coefs_paths_[c] for c in keys])  # (classes, F, C, dof)
-        scores = self.scores_[keys[0]]  # (F, C)
-        n_iter = self.n_iter_[0]  # (F, C)
-        self.l1_ratios_ = np.asarray([None] if ratios is None else ratios)
+        """jsoftmax's attributes (scikit-learn's legacy layout, with an l1-ratio axis when
+        ``l1_ratios`` is given) in the layout scikit-learn 1.9 gives for these parameters."""
+        if ratios is None and self.l1_ratios_.size == 1:  # a searched l1 ratio without its axis
+            self.scores_ = {c: s[:, :, 0] if s.ndim == 3 else s for c, s in self.scores_.items()}
+            self.coefs_paths_ = {c: p[:, :, 0] if p.ndim == 4 else p for c, p in self.coefs_paths_.items()}
+            self.n_iter_ = self.n_iter_[..., 0] if self.n_iter_.ndim == 4 else self.n_iter_
         if legacy:
-            ratio = None if ratios is None else float(ratios[0])
-            self.l1_ratio_ = np.asarray([ratio if self.refit else 0.0] * len(self.C_))
-            if ratios is not None:  # the l1-ratio axis, as scikit-learn adds it when asked for
-                self.coefs_paths_ = {c: np.repeat(p[:, :, None], n_ratios, axis=2) for c, p in zip(keys, paths)}
-                self.scores_ = {c: np.repeat(scores[:, :, None], n_ratios, axis=2) for c in keys}
-                self.n_iter_ = np.repeat(n_iter[None, :, :, None], n_ratios, axis=3)
+            if ratios is None:
+                self.l1_ratios_ = np.asarray([None])
+                self.l1_ratio_ = np.asarray([None if self.refit else 0.0] * len(self.C_))
             return
+        keys = list(self.coefs_paths_)
+        paths = np.stack([self.coefs_paths_[c] for c in keys])  # (classes, F, C[, R], dof)
+        scores = self.scores_[keys[0]]  # (F, C[, R])
+        n_iter = self.n_iter_[0]  # (F, C[, R])
+        if ratios is None:  # one ratio
+            paths, scores, n_iter = paths[:, :, :, None], scores[:, :, None], n_iter[:, :, None]
+            self.l1_ratios_ = np.asarray([None])
         self.C_ = float(self.C_[0])
-        self.l1_ratio_ = 0.0 if ratios is None else float(ratios[0])
+        self.l1_ratio_ = float(self.l1_ratio_[0])
         # (F, l1, C, classes, dof), (F, l1, C), (F, l1, C)
-        self.coefs_paths_ = np.repeat(paths.transpose(1, 2, 0, 3)[:, None], n_ratios, axis=1)
-        self.scores_ = np.repeat(scores[:, None], n_ratios, axis=1)
-        self.n_iter_ = np.repeat(n_iter[:, None], n_ratios, axis=1)
+        self.coefs_paths_ = np.moveaxis(paths, (0, 1, 3), (3, 0, 1))
+        self.scores_ = np.swapaxes(scores, 1, 2)
+        self.n_iter_ = np.swapaxes(n_iter, 1, 2)
+
+
+def _cv_ratios(penalty, ratios):
+    """LogisticRegressionCV's penalty and l1_ratios as SoftmaxRegressionCV's l1_ratios."""
+    if penalty is None:
+        raise NotOffered("penalty=None in LogisticRegressionCV")
+    if penalty == "l2":
+        return None
+    if penalty == "l1":
+        return [1.0]
+    if penalty == "elasticnet":
+        return [] if ratios is None else ratios  # None: jsoftmax refuses it, naming l1_ratios
+    return ratios  # the default "deprecated": the ratios as given

@@ -88,7 +88,17 @@ def test_fit_many_needs_a_model_axis(x32):
     (dict(cv=60), r"n_splits=60 cannot be greater than the number of members in each class"),
     (dict(cv=1), r"`cv`=1 folds need 2 ≤ cv"),
     (dict(cv=[(np.arange(150), np.array([], int))]), "`cv` fold 0 has an empty test set"),
-    (dict(solver="adam"), "unknown solver 'adam'; choose one of lbfgs, newton-cg"),
+    (dict(solver="adam"), "unknown solver 'adam'; choose one of auto, lbfgs, newton-cg, owlqn"),
+    (dict(l1_ratios=[]), r"`l1_ratios` must be None or a non-empty list of numbers in \[0, 1\]; got \[\]"),
+    (dict(l1_ratios=[0.5, 1.5]), r"`l1_ratios` must be None .*; got \[0.5, 1.5\]"),
+    (dict(l1_ratios=[float("nan")]), r"`l1_ratios` must be None .*; got \[nan\]"),
+    (dict(l1_ratios=[-0.1]), r"`l1_ratios` must be None .*; got \[-0.1\]"),
+    (dict(l1_ratios=0.5), r"`l1_ratios` must be None .*; got 0.5"),
+    (dict(l1_ratios="l1"), r"`l1_ratios` must be None .*; got 'l1'"),
+    (dict(l1_ratios=[True]), r"`l1_ratios` must be None .*; got \[True\]"),
+    (dict(l1_ratios=[0.0, 0.5], solver="lbfgs"),
+     r"solver='lbfgs' cannot fit l1_ratios=\[0.0, 0.5\] \(an L1 penalty\); use solver='auto' or one of 'owlqn'"),
+    (dict(l1_ratios=[1.0], solver="newton-cg"), r"solver='newton-cg' cannot fit l1_ratios=\[1.0\]"),
 ])
 def test_cv_bad_input(kwargs, message):
     X, y = datasets.load_iris(return_X_y=True)
@@ -138,3 +148,90 @@ def test_fold_scores_are_each_model_s_accuracy_on_its_test_rows_whatever_the_blo
             W, b = paths[i, j, :-1], paths[i, j, -1]
             accuracy = np.mean(np.argmax(X[test] @ W + b, axis=1) == y[test])
             assert whole.scores_[0][i, j] == pytest.approx(accuracy, abs=1e-12)
+
+
+def _l1_problem(n_classes):
+    if n_classes == 3:
+        X, y = datasets.load_wine(return_X_y=True)
+    else:
+        X, y = datasets.make_classification(n_samples=150, n_features=8, n_informative=4, random_state=0)
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_l1_ratios_grid_matches_logistic_regression_cv_with_saga(n_classes):
+    X, y = _l1_problem(n_classes)
+    # Cs where no fold's model is all zeros: there saga's stopping rule (the coefficients' change
+    # relative to the largest) leaves the intercept short of its optimum
+    folds, Cs, ratios = StratifiedKFold(3), [0.2, 2.0], [0.5, 1.0]
+    theirs = _sklearn_cv(X, y, Cs=Cs, l1_ratios=ratios, cv=folds, solver="saga", tol=1e-10, max_iter=100_000,
+                         scoring="neg_log_loss")
+    ours = SoftmaxRegressionCV(Cs=Cs, l1_ratios=ratios, cv=folds, tol=1e-10, max_iter=1000,
+                               scoring="neg_log_loss").fit(X, y)
+    np.testing.assert_array_equal(ours.C_, theirs.C_)
+    np.testing.assert_array_equal(ours.l1_ratio_, theirs.l1_ratio_)
+    np.testing.assert_array_equal(ours.l1_ratios_, theirs.l1_ratios_)
+    assert list(ours.scores_) == list(theirs.scores_) and list(ours.coefs_paths_) == list(theirs.coefs_paths_)
+    assert ours.n_iter_.shape == theirs.n_iter_.shape == (1, 3, 2, 2)
+    for key in theirs.scores_:
+        assert ours.scores_[key].shape == theirs.scores_[key].shape == (3, 2, 2)
+        np.testing.assert_allclose(ours.scores_[key], theirs.scores_[key], rtol=1e-6)
+        assert ours.coefs_paths_[key].shape == theirs.coefs_paths_[key].shape
+        np.testing.assert_allclose(ours.coefs_paths_[key], theirs.coefs_paths_[key], atol=1e-6)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-6)
+    # the same zeros, and ours exact
+    assert np.array_equal(ours.coef_ == 0, np.abs(theirs.coef_) < 1e-8)
+
+
+def test_each_grid_point_is_the_fit_on_its_fold(x64):
+    X, y = _l1_problem(3)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=1).split(X, y))
+    Cs, ratios = [0.1, 1.0], [0.0, 0.3, 1.0]
+    search = SoftmaxRegressionCV(Cs=Cs, l1_ratios=ratios, cv=folds, tol=1e-10, max_iter=1000).fit(X, y)
+    paths = np.stack([search.coefs_paths_[c] for c in search.classes_], axis=-1)  # (F, C, R, D + 1, K)
+    for i, (train, _) in enumerate(folds):
+        for j, C in enumerate(Cs):
+            for r, ratio in enumerate(ratios):
+                alone = SoftmaxRegression(C=C, l1_ratio=ratio, tol=1e-10, max_iter=1000).fit(X[train], y[train])
+                np.testing.assert_allclose(paths[i, j, r, :-1], alone.coef_.T, atol=1e-7)
+                np.testing.assert_allclose(paths[i, j, r, -1], alone.intercept_, atol=1e-7)
+                assert np.array_equal(paths[i, j, r, :-1] == 0, alone.coef_.T == 0)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_l1_ratio_choice_follows_logistic_regression_cv(refit):
+    X, y = _l1_problem(3)
+    search = SoftmaxRegressionCV(Cs=[0.01, 0.1, 1.0], l1_ratios=[0.0, 0.5, 1.0], cv=3, refit=refit,
+                                 scoring="neg_log_loss", tol=1e-8).fit(X, y)
+    scores = search.scores_[0]  # (F, C, R)
+    if refit:  # the best sum over the folds, flattened C-major: ties to the smaller C, then the earlier ratio
+        j, r = np.unravel_index(np.argmax(scores.sum(axis=0)), scores.shape[1:])
+        np.testing.assert_array_equal(search.C_, np.full(3, search.Cs_[j]))
+        np.testing.assert_array_equal(search.l1_ratio_, np.full(3, search.l1_ratios_[r]))
+        assert search.best_estimator_.l1_ratio == search.l1_ratio_[0]
+    else:  # each fold's own best pair; the Cs, the ratios and the coefficients averaged
+        j, r = np.unravel_index(np.argmax(scores.reshape(3, -1), axis=1), scores.shape[1:])
+        np.testing.assert_allclose(search.C_, np.mean(search.Cs_[j]))
+        np.testing.assert_allclose(search.l1_ratio_, np.mean(search.l1_ratios_[r]))
+        paths = np.stack([search.coefs_paths_[c] for c in search.classes_])  # (K, F, C, R, D + 1)
+        np.testing.assert_allclose(search.coef_, paths[:, np.arange(3), j, r, :-1].mean(axis=1), atol=1e-12)
+
+
+def test_l1_ratios_search_is_one_program_for_every_c():
+    from jsoftmax.train import many
+
+    X, y = _l1_problem(3)
+    search = SoftmaxRegressionCV(Cs=[0.01, 0.1, 1.0], l1_ratios=[0.2, 1.0], cv=3)
+    search.fit(X, y)
+    before = many._fit_many_jit._cache_size()
+    search.set_params(Cs=[0.02, 0.3, 3.0], l1_ratios=[0.7, 0.9]).fit(X[::-1], y[::-1])  # new values, same shapes
+    assert many._fit_many_jit._cache_size() == before
+
+
+def test_l1_ratios_none_keeps_the_l2_layout_and_l1_ratio_zero():
+    X, y = _l1_problem(3)
+    search = SoftmaxRegressionCV(Cs=2, cv=3).fit(X, y)
+    assert search.scores_[0].shape == (3, 2) and search.n_iter_.shape == (1, 3, 2)
+    np.testing.assert_array_equal(search.l1_ratios_, [0.0])
+    np.testing.assert_array_equal(search.l1_ratio_, [0.0, 0.0, 0.0])
+    assert search.best_estimator_.solver == "lbfgs"

@@ -208,7 +208,11 @@ def test_path_is_one_program_and_runs_on_sparse_x(x64):
     assert path_module._path_jit._cache_size() == compiled  # a new X of the same shapes: no new program
     np.testing.assert_array_equal(again.params.W, dense.params.W)
     sparse = jsoftmax.regularization_path(start, sp.csr_matrix(X), y, n_strengths=4, tol=1e-10, max_iter=5000)
-    np.testing.assert_allclose(sparse.params.W, dense.params.W, atol=1e-7)
+    np.testing.assert_allclose(sparse.objective, dense.objective, rtol=1e-13)
+    assert np.all(sparse.kkt_violation <= 1e-9) and np.all(dense.kkt_violation <= 1e-9)
+    # W itself where the objective is curved enough to pin it: at the last strength (λ_max/1000,
+    # pure L1, no L2) W moves ~4e-6 along a valley where the objective changes by 1e-15
+    np.testing.assert_allclose(sparse.params.W[:3], dense.params.W[:3], atol=1e-7)
     np.testing.assert_array_equal(sparse.support, dense.support)
 
 
