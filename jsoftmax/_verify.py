@@ -537,6 +537,9 @@ def _check_gradient(params, X, labels, sample_weight, l2, label_smoothing, ignor
 
     if l1 > 0:
         rows += _kkt_rows(W, b, analytic, reference, float(l1), kkt_tol, dtype_name, scales)
+        if kkt_tol is not None and spec.softcap is None:  # the conjugate of §14 is the plain loss's
+            row_weights = counted * (1.0 if sample_weight is None else np.asarray(sample_weight, np.float64))
+            rows.append(_gap_row(W, b, X_np, targets, row_weights, float(l1), float(l2)))
 
     problem_info = {
         "n": n,
@@ -582,6 +585,17 @@ def _kkt_rows(W, b, analytic, reference, l1: float, kkt_tol, dtype_name, scales)
                              violation / kkt_tol if kkt_tol > 0 else (0.0 if violation == 0 else math.inf),
                              f"<= kkt_tol = {kkt_tol:g}", bool(violation <= kkt_tol)))
     return rows
+
+
+def _gap_row(W, b, X, targets, weights, l1: float, l2: float) -> CheckRow:
+    """§14's certificate: the duality gap P − D of the point, from a dual point built out of its
+    probabilities. Weak duality makes it ≥ 0 for any point; a negative gap beyond rounding
+    means the primal or the dual is computed wrongly."""
+    gap = _penalty.duality_gap(W, b, X, targets, weights, l1, l2)
+    rounding = 64 * np.finfo(np.float64).eps * max(1.0, abs(float(gap)))
+    return CheckRow("KKT", SECTIONS["KKT"], "duality gap P − D (an upper bound on P − min P)",
+                    "weak duality: ≥ 0", gap, gap, gap, 0.0 if gap >= -rounding else math.inf,
+                    "≥ 0 (rounding aside)", bool(gap >= -rounding))
 
 
 @partial(jax.jit, static_argnames=("spec", "plan"))

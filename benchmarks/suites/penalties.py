@@ -10,12 +10,14 @@ C Σ ℓ + ρ‖coef‖₁ + (1 − ρ)/2 ‖coef‖² (jsoftmax in its scaled f
 - a news20-shaped sparse problem (``benchmarks/sparse_data.py``), ρ = 1, C = 1;
 - a path of 20 values of C on digits (ρ = 1, from C at λ_max down to 1000× smaller):
   ``jsoftmax.regularization_path`` (one program, warm-started) against the same 20 saga fits,
-  each warm-started from the previous (``warm_start=True``).
+  each warm-started from the previous (``warm_start=True``);
+- the (l1_ratio × C × fold) search on wine and breast_cancer: ``SoftmaxRegressionCV`` against
+  ``LogisticRegressionCV(solver="saga")`` with the same grid, folds and scoring.
 
 For every fit: the time ratio (jsoftmax after compiling over scikit-learn's), both objectives
-(ours ≤ theirs is the target), both KKT violations (max|◇F| of the scaled objective, the same
-function evaluated at both coefficient sets), and whether the supports agree up to entries
-below 1e-8.
+(ours ≤ theirs is the target), both KKT violations and duality gaps (of the scaled objective,
+the same functions evaluated at both coefficient sets; ``docs/derivation.md`` §14), and whether
+the supports agree up to entries below 1e-8.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import warnings
 
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 import jsoftmax
 from jsoftmax._compat import enable_x64
+from jsoftmax._penalty import duality_gap
 
 from .. import common
 
@@ -72,6 +76,21 @@ def kkt_violation(coef, intercept, X, y, C, rho) -> float:
     return float(max(np.abs(pg).max(), np.abs(gb).max()))
 
 
+def gap(coef, intercept, X, y, C, rho) -> float:
+    """The duality gap P − D of the scaled objective at scikit-learn-layout coefficients: the
+    multinomial model as is; a binomial row c as the symmetric softmax (−c/2, c/2), whose
+    objective with λ doubled is the same (see ``jsoftmax.sklearn.common.penalty_strengths``)."""
+    coef, intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+    n = len(y)
+    ids = np.searchsorted(np.unique(y), y)
+    if coef.shape[0] == 1:
+        W, b, l2 = np.stack([-coef[0], coef[0]], axis=1) / 2, np.array([-intercept[0], intercept[0]]) / 2, 2.0
+    else:
+        W, b, l2 = coef.T, intercept, 1.0
+    k = W.shape[1]
+    return duality_gap(W, b, X, np.eye(k)[ids], np.ones(n), rho / (C * n), l2 * (1 - rho) / (C * n))
+
+
 def objective(model, X, y, C, rho) -> float:
     log_p = model.predict_log_proba(X)
     data = -np.sum(log_p[np.arange(len(y)), np.searchsorted(model.classes_, y)])
@@ -105,6 +124,8 @@ def _row(name, X, y, C, rho, ours, theirs, first, steady, saga_s) -> dict:
             "objective": objective(ours, X, y, C, rho), "saga_objective": objective(theirs, X, y, C, rho),
             "kkt": kkt_violation(coef_ours, ours.intercept_, X, y, C, rho),
             "saga_kkt": kkt_violation(coef_theirs, theirs.intercept_, X, y, C, rho),
+            "gap": gap(coef_ours, ours.intercept_, X, y, C, rho),
+            "saga_gap": gap(coef_theirs, theirs.intercept_, X, y, C, rho),
             "support": int(np.sum(np.abs(coef_ours) > 1e-8)), "saga_support": int(np.sum(np.abs(coef_theirs) > 1e-8)),
             "same_support": bool(np.array_equal(np.abs(coef_ours) > 1e-8, np.abs(coef_theirs) > 1e-8))}
 
@@ -123,7 +144,37 @@ def run(quick: bool = False) -> dict:
     ours, first, steady = _ours(X, y, 1.0, 1.0)
     fits.append(_row("small (sparse)" if quick else "news20-shaped (sparse)", X, y, 1.0, 1.0, ours, theirs, first,
                      steady, saga_s))
-    return {"fits": fits, "path": _path(quick)}
+    return {"fits": fits, "path": _path(quick), "searches": _searches(quick)}
+
+
+def _searches(quick: bool) -> list[dict]:
+    """The (l1_ratio × C × fold) grid: SoftmaxRegressionCV against LogisticRegressionCV's saga."""
+    rows = []
+    grid = dict(Cs=list(np.logspace(-2, 1, 3 if quick else 5)), l1_ratios=[0.5, 1.0], cv=StratifiedKFold(5),
+                scoring="neg_log_loss")
+    for name, X, y in _dense_problems(quick):
+        if name == "digits":  # saga's 2 × 5 × 5 digits fits take tens of minutes (up to 37 s each, above)
+            continue
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            begin = time.perf_counter()
+            theirs = LogisticRegressionCV(solver="saga", tol=1e-6, max_iter=SAGA_EPOCHS, use_legacy_attributes=True,
+                                          **grid).fit(X, y)
+            saga_s = time.perf_counter() - begin
+        times = []
+        for _ in range(1 + REPEATS):
+            begin = time.perf_counter()
+            ours = jsoftmax.SoftmaxRegressionCV(tol=1e-8, max_iter=100_000, **grid).fit(X, y)
+            times.append(time.perf_counter() - begin)
+        key = ours.classes_[-1]
+        rows.append({"problem": name, "n_Cs": len(grid["Cs"]), "models": len(grid["Cs"]) * 2 * 5, "saga_s": saga_s, "jsoftmax_first_s": times[0],
+                     "jsoftmax_s": statistics.median(times[1:]), "ratio": statistics.median(times[1:]) / saga_s,
+                     "C": float(ours.C_[0]), "saga_C": float(theirs.C_[0]), "l1_ratio": float(ours.l1_ratio_[0]),
+                     "saga_l1_ratio": float(theirs.l1_ratio_[0]),
+                     "best_score": float(ours.scores_[key].mean(axis=0).max()),
+                     "saga_best_score": float(theirs.scores_[key].mean(axis=0).max()),
+                     "largest_score_difference": float(np.max(np.abs(ours.scores_[key] - theirs.scores_[key])))})
+    return rows
 
 
 def _path(quick: bool) -> dict:
@@ -197,12 +248,12 @@ def markdown(payload: dict) -> str:
                      f"{r['jsoftmax_s']:.3f} s ({r['jsoftmax_first_s']:.2f} s first)", f"{r['ratio']:.3f}×",
                      f"{r['objective']:.8g}", f"{r['saga_objective']:.8g}",
                      "yes" if r["objective"] <= r["saga_objective"] * (1 + 1e-9) else "no",
-                     f"{r['kkt']:.1e}", f"{r['saga_kkt']:.1e}",
+                     f"{r['kkt']:.1e}", f"{r['saga_kkt']:.1e}", f"{r['gap']:.1e}", f"{r['saga_gap']:.1e}",
                      f"{r['support']} / {r['saga_support']}" + ("" if r["same_support"] else " (differ)")])
     text = ("## L1 and elastic-net fits: jsoftmax (OWL-QN, tol 1e-8 on the KKT violation) vs saga (tol 1e-6, 1 thread, "
             f"at most {SAGA_EPOCHS:,} epochs)\n\n"
             + common.table(["problem", "penalty", "saga", "jsoftmax", "ratio", "objective", "saga objective",
-                            "≤ saga", "KKT", "saga KKT", "support (ours / saga)"], rows))
+                            "≤ saga", "KKT", "saga KKT", "gap", "saga gap", "support (ours / saga)"], rows))
     p = payload["path"]
     worse = sum(o > s * (1 + 1e-9) for o, s in zip(p["objective"], p["saga_objective"]))
     text += (f"\n## A path of {p['n_strengths']} values of C on {p['problem']} (L1): one program vs "
@@ -212,4 +263,17 @@ def markdown(payload: dict) -> str:
                             [[f"{p['jsoftmax_s']:.2f} s ({p['jsoftmax_first_s']:.2f} s first)", f"{p['saga_s']:.2f} s",
                               f"{p['ratio']:.3f}×", f"{max(p['kkt']):.1e}", f"{max(p['saga_kkt']):.1e}", worse]])
              + f"\nSupport along the path (ours): {p['support']}; saga's: {p['saga_support']}.\n")
+    searches = payload.get("searches", [])
+    if searches:
+        text += ("\n## The (l1_ratio × C × fold) search: SoftmaxRegressionCV vs LogisticRegressionCV(solver=\"saga\")\n\n"
+                 f"l1_ratios (0.5, 1), {searches[0]['n_Cs']} Cs from 0.01 to 10 (log-spaced), 5 stratified folds, "
+                 "scoring neg_log_loss; saga at tol 1e-6 "
+                 "(1 thread), jsoftmax at tol 1e-8 (KKT).\n\n"
+                 + common.table(["problem", "models", "saga", "jsoftmax", "ratio", "C, l1_ratio (ours)",
+                                 "C, l1_ratio (saga)", "best mean score (ours / saga)", "largest score difference"],
+                                [[r["problem"], r["models"], f"{r['saga_s']:.2f} s",
+                                  f"{r['jsoftmax_s']:.2f} s ({r['jsoftmax_first_s']:.2f} s first)", f"{r['ratio']:.3f}×",
+                                  f"{r['C']:.3g}, {r['l1_ratio']:g}", f"{r['saga_C']:.3g}, {r['saga_l1_ratio']:g}",
+                                  f"{r['best_score']:.6f} / {r['saga_best_score']:.6f}",
+                                  f"{r['largest_score_difference']:.1e}"] for r in searches]))
     return text

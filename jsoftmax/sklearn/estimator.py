@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .. import _sparse
 from .._api import host_predictions
 from .._compat import enable_x64
+from .._penalty import duality_gap
 from .._types import Params
 from ..io import model_files
 from ..train import fit, registry
@@ -88,7 +89,10 @@ class SoftmaxRegression(SoftmaxClassifier):
       intercept_: (K,), or (1,) for two classes.
       n_features_in_: D.
       n_iter_: (1,) iterations (or epochs with ``batch_size``) of the fit.
-      optimality_: dict of grad_norm, n_iter, converged, stop_reason and tol.
+      optimality_: dict of grad_norm, n_iter, converged, stop_reason, tol and kkt_violation
+        (= grad_norm); for an L1 fit also duality_gap, P − D ≥ 0 in the scaled objective's
+        units (``docs/derivation.md`` §14): an upper bound on how far the fit's objective is
+        above its minimum.
       loss_curve_: the objective after each iteration (or epoch).
       mean_, scale_: (D,) each, with ``standardize``.
 
@@ -282,6 +286,10 @@ class SoftmaxRegression(SoftmaxClassifier):
             # 0 ∈ ∂F: the largest entry of the (pseudo-)gradient, = grad_norm (docs/derivation.md §14)
             "kkt_violation": result.grad_norm,
         }
+        if l1 > 0:  # the certificate of an L1 fit: P − D from a dual point (one more pass over X)
+            self.optimality_["duality_gap"] = duality_gap(
+                result.params.W, result.params.b, X, np.eye(n_classes)[y_ids], sample_weight, l1, l2,
+                mean=self.mean_ if self.standardize else None, scale=self.scale_ if self.standardize else None)
         self.loss_curve_ = result.history["loss"]
         if not result.converged:
             warn_not_converged(solver.get("solver", self.solver if isinstance(self.solver, str) else "optax"),

@@ -283,12 +283,26 @@ def test_the_kkt_step_checks_a_fitted_l1_model_and_fails_an_unfitted_one(x64):
     fitted = jsoftmax.fit(start, X, y, l1=0.02, l2=0.02, tol=1e-10, max_iter=10_000)
     report = jsoftmax.check_gradient(fitted.params, X, y, l1=0.02, l2=0.02, kkt_tol=1e-9)
     kkt = [row for row in report.rows if row.step == "KKT"]
-    assert report.passed and len(kkt) == 2 and kkt[1].max_abs_error <= 1e-9
+    assert report.passed and len(kkt) == 3 and kkt[1].max_abs_error <= 1e-9
     assert "weights exactly 0" in kkt[1].quantity and int(kkt[1].quantity.split("(")[1].split()[0]) > 0
+    assert "duality gap" in kkt[2].quantity and abs(kkt[2].max_abs_error) <= 1e-12  # the certificate (≥ 0 up to rounding)
     at_zero = jsoftmax.check_gradient(start, X, y, l1=0.02, l2=0.02, kkt_tol=1e-9)
-    assert [row.passed for row in at_zero.rows if row.step == "KKT"] == [True, False]
+    # away from the minimum: the KKT row fails, the gap (≥ 0 by weak duality) is large
+    assert [row.passed for row in at_zero.rows if row.step == "KKT"] == [True, False, True]
+    assert [row for row in at_zero.rows if row.step == "KKT"][2].max_abs_error > 1e-3
     plain = jsoftmax.check_gradient(fitted.params, X, y, l2=0.02)
     assert not any(row.step == "KKT" for row in plain.rows)
+
+
+def test_the_gap_row_fails_when_weak_duality_does_not_hold(x64, monkeypatch):
+    # P − D < 0 is impossible for a correct primal and a feasible dual point: the row says so
+    from jsoftmax import _penalty
+
+    params, X, y, _ = _verify.random_problem(32, 5, 3, seed=1, bias=True)
+    fitted = jsoftmax.fit(jsoftmax.Params(params.W * 0, params.b * 0), X, y, l1=0.02, tol=1e-10, max_iter=5000)
+    monkeypatch.setattr(_penalty, "duality_gap", lambda *args, **kwargs: -1e-6)
+    report = jsoftmax.check_gradient(fitted.params, X, y, l1=0.02, kkt_tol=1e-8)
+    assert not report.passed and [row.passed for row in report.rows if row.step == "KKT"] == [True, True, False]
 
 
 def test_bad_kkt_options_are_refused(x64):

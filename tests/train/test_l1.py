@@ -121,6 +121,47 @@ def test_estimator_matches_scikit_learn_saga(loader, C, rho):
     assert np.any(ours.coef_ == 0.0)
 
 
+@pytest.mark.parametrize("l1, l2", [(0.01, 0.0), (0.01, 0.01), (0.05, 0.001)])
+def test_duality_gap_bounds_the_distance_to_the_minimum(x64, l1, l2):
+    # P(W) − min P ≤ gap at every stopping point, and the gap closes as the fit does
+    from jsoftmax._penalty import duality_gap
+
+    X, y = _wine()
+    start = jsoftmax.Params(jnp.zeros((13, 3)), jnp.zeros(3))
+
+    def primal(params):
+        return float(jsoftmax.risk(params, X, y, l2=l2)) + l1 * float(np.abs(np.asarray(params.W)).sum())
+
+    best = primal(jsoftmax.fit(start, X, y, l1=l1, l2=l2, tol=1e-13, max_iter=10_000).params)
+    gaps = []
+    for tol in (1e-2, 1e-4, 1e-6, 1e-9):
+        fitted = jsoftmax.fit(start, X, y, l1=l1, l2=l2, tol=tol, max_iter=10_000).params
+        gaps.append(duality_gap(fitted.W, fitted.b, X, np.eye(3)[y], np.ones(len(y)), l1, l2))
+        assert primal(fitted) - best <= gaps[-1] + 1e-14
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] <= 1e-8
+    # without an intercept, and with weights: still a bound that closes
+    weights = np.linspace(0.5, 2.0, len(y))
+    bare = jsoftmax.fit(start.W, X, y, sample_weight=weights, l1=l1, l2=l2, tol=1e-10, max_iter=10_000).params
+    assert 0 <= duality_gap(bare, None, X, np.eye(3)[y], weights, l1, l2) <= 1e-8
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_estimator_reports_the_duality_gap_of_its_own_problem(sparse):
+    # standardised (sparse: scaled only), binary and multinomial: the gap of the problem solved
+    X, y = _wine()
+    X[np.abs(X) < 0.5] = 0.0
+    X = sp.csr_matrix(X * 2.0 + (0.0 if sparse else 1.0)) if sparse else X * 2.0 + 1.0
+    for labels in (y, (y == 1).astype(int)):
+        loose = jsoftmax.SoftmaxRegression(C=0.5, l1_ratio=0.7, standardize=True, tol=1e-3).fit(X, labels)
+        tight = jsoftmax.SoftmaxRegression(C=0.5, l1_ratio=0.7, standardize=True, tol=1e-10,
+                                           max_iter=10_000).fit(X, labels)
+        assert 0 <= tight.optimality_["duality_gap"] <= 1e-9 < loose.optimality_["duality_gap"]
+        # the distance in scikit-learn's objective, C·Σs·(scaled objective): bounded by the gap
+        distance = loose.objective(X, labels) - tight.objective(X, labels)
+        assert distance <= 0.5 * len(labels) * loose.optimality_["duality_gap"] * (1 + 1e-9)
+    assert "duality_gap" not in jsoftmax.SoftmaxRegression(C=0.5).fit(X, y).optimality_  # L2 alone
+
+
 # --- hostile ----------------------------------------------------------------------------
 
 

@@ -102,6 +102,44 @@ def test_lbfgs_by_name_compiles_once(x64):
 
 
 @pytest.mark.parametrize("bias", [True, False])
+def _two_loop(pairs, g):
+    """−H·g by the textbook two-loop recursion (Nocedal & Wright, Alg. 7.4), in NumPy."""
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        alpha = (s @ q) / (s @ y)
+        q -= alpha * y
+        alphas.append(alpha)
+    s, y = pairs[-1]
+    r = (s @ y) / (y @ y) * q
+    for (s, y), alpha in zip(pairs, reversed(alphas)):
+        r += s * (alpha - (y @ r) / (s @ y))
+    return -r
+
+
+@pytest.mark.parametrize("n_pairs", [1, 4, 10, 13])  # below, at and past the ring buffer's wrap
+def test_lbfgs_direction_is_the_textbook_two_loop_recursion(x64, n_pairs):
+    from jsoftmax.train import lbfgs
+
+    rng = np.random.default_rng(n_pairs)
+    n = 40
+    A = rng.normal(size=(n, n))
+    A = A @ A.T / n + np.eye(n)  # y = A s + noise: sᵀy > 0, and SᵀY not symmetric (a curved f)
+    state = lbfgs.init_state(jnp.zeros(n), jnp.float64)
+    pairs = []
+    for i in range(n_pairs):
+        s = rng.normal(size=n)
+        y = A @ s + 0.3 * rng.normal(size=n)
+        assert s @ y > 0
+        pairs.append((s, y))
+        g = rng.normal(size=n)
+        state = lbfgs.with_pair(state, jnp.asarray(s), jnp.asarray(y), jnp.asarray(True))
+    kept = pairs[-lbfgs.MEMORY:]
+    np.testing.assert_allclose(lbfgs._direction(state, jnp.asarray(g)), _two_loop(kept, g), rtol=1e-10, atol=1e-12)
+    # a rejected step leaves the history as it was
+    state = lbfgs.with_pair(state, jnp.asarray(rng.normal(size=n)), jnp.asarray(rng.normal(size=n)), jnp.asarray(False))
+    np.testing.assert_allclose(lbfgs._direction(state, jnp.asarray(g)), _two_loop(kept, g), rtol=1e-10, atol=1e-12)
+
+
 def test_lean_lbfgs_reaches_optax_lbfgs_minimum(x64, bias):
     W, b, X, y = make_problem(250, 7, 5, seed=8, bias=True)
     start = jsoftmax.Params(jnp.zeros_like(W), jnp.zeros_like(b) if bias else None)
