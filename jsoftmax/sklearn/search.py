@@ -25,9 +25,8 @@ from sklearn.utils.validation import _check_method_params, check_is_fitted
 from .._compat import enable_x64
 from .._types import Params
 from ..io.model_files import public_coefficients
-from ..train import fit_many
+from ..train import fit_many, registry
 from . import constraints
-from ..train import registry
 from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SoftmaxClassifier, as_dtype, coefficient_dtype,
                      column_moments, device_mesh, fit_data, is_half_precision, pad_rows, penalty_strengths,
                      training_weights)
@@ -77,7 +76,8 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
     cross-validation, every (l1_ratio, C, fold) model fitted in compiled, vmapped solves.
 
     Args:
-      Cs: number of C values on a log grid between 1e-4 and 1e4 (as scikit-learn), or a list.
+      Cs: number of C values on a log grid between 1e-4 and 1e4 (as scikit-learn), or a list;
+        ``np.inf`` is no penalty (then the l1_ratios do not matter), as in scikit-learn.
       l1_ratios: None (the L2 penalty alone), or a list of elastic-net mixings ρ ∈ [0, 1] to
         search with the Cs (scikit-learn's ``l1_ratios``; the objective of each is
         :class:`SoftmaxRegression`'s with that ``l1_ratio``). The (ratio, C) pair with the best
@@ -158,8 +158,8 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
             grid = np.asarray(Cs, np.float64)
         except (TypeError, ValueError):
             raise ValueError(f"`Cs` must be a positive int or a list of positive numbers; got {Cs!r}.") from None
-        if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
-            raise ValueError(f"`Cs` must be a non-empty list of positive finite numbers; got {Cs!r}.")
+        if grid.ndim != 1 or grid.size == 0 or not np.all(grid > 0):  # NaN fails too; np.inf: no penalty
+            raise ValueError(f"`Cs` must be a non-empty list of positive numbers (np.inf: no penalty); got {Cs!r}.")
         return grid
 
     def _ratios(self) -> np.ndarray | None:

@@ -82,8 +82,9 @@ def test_fit_many_needs_a_model_axis(x32):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(Cs=[]), "`Cs` must be a non-empty list"),
-    (dict(Cs=[1.0, -1.0]), "`Cs` must be a non-empty list of positive finite numbers"),
-    (dict(Cs=[1.0, float("nan")]), "`Cs` must be a non-empty list of positive finite numbers"),
+    (dict(Cs=[1.0, -1.0]), r"`Cs` must be a non-empty list of positive numbers \(np.inf: no penalty\)"),
+    (dict(Cs=[1.0, float("nan")]), "`Cs` must be a non-empty list of positive numbers"),
+    (dict(Cs=[-np.inf]), "`Cs` must be a non-empty list of positive numbers"),
     (dict(Cs=0), "`Cs` must be a positive int"),
     (dict(cv=60), r"n_splits=60 cannot be greater than the number of members in each class"),
     (dict(cv=1), r"`cv`=1 folds need 2 ≤ cv"),
@@ -235,3 +236,19 @@ def test_l1_ratios_none_keeps_the_l2_layout_and_l1_ratio_zero():
     np.testing.assert_array_equal(search.l1_ratios_, [0.0])
     np.testing.assert_array_equal(search.l1_ratio_, [0.0, 0.0, 0.0])
     assert search.best_estimator_.solver == "lbfgs"
+
+
+def test_c_inf_in_the_grid_is_no_penalty():
+    # labels with noise and no redundant feature: the unpenalised maximum likelihood exists (no
+    # separation) and is unique up to the softmax's shift
+    X, y = datasets.make_classification(n_samples=300, n_features=5, n_informative=3, n_redundant=0, n_classes=3,
+                                        flip_y=0.3, random_state=0)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
+    search = SoftmaxRegressionCV(Cs=[1.0, np.inf], l1_ratios=[0.5], cv=folds, tol=1e-10, max_iter=2000,
+                                 refit=False).fit(X, y)
+    train = folds[0][0]
+    alone = SoftmaxRegression(C=np.inf, tol=1e-10, max_iter=2000).fit(X[train], y[train])
+    unpenalised = np.stack([search.coefs_paths_[c][0, 1, 0] for c in search.classes_])  # (K, D + 1)
+    alone_full = np.column_stack([alone.coef_, alone.intercept_])
+    # without a penalty the softmax fixes W only up to a shift shared by the classes
+    np.testing.assert_allclose(unpenalised - unpenalised.mean(axis=0), alone_full - alone_full.mean(axis=0), atol=1e-6)
