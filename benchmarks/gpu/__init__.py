@@ -22,6 +22,9 @@ there), each part in its own process with its own time limit, and writes under `
 - ``probe``: linear probes at imnet's and places' shapes, float32 and bfloat16-stored: one fit,
   CLIP's C search and refit, device peak, the floor, scikit-learn capped
   (``benchmarks/gpu/probe.py``).
+- ``penalties``: L1 and elastic-net fits (OWL-QN on the device), the l1_ratio × C × fold search,
+  the digits path and the news20-shaped sparse fit against scikit-learn's saga on the host, in
+  that order, each row written as it lands (``benchmarks/suites/penalties.py``).
 - ``tests``: the test suite with ``JAX_PLATFORMS=cuda``.
 
 Everything lands in ``results.json`` and ``summary.md`` (plus ``run.log`` and ``tests.log``),
@@ -42,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu"
-PARTS = ("lmhead", "torch", "fit", "search", "sparse", "probe", "tests")
+PARTS = ("lmhead", "torch", "fit", "search", "sparse", "probe", "penalties", "tests")
 SHAPES = [(16384, 4096, 128256), (8192, 2304, 256000)]
 QUICK_SHAPES = [(1024, 256, 4000), (512, 128, 8000)]
 CHUNK_SWEEP = (512, 1024, 2048, 4096)
@@ -308,6 +311,17 @@ def part_probe(quick: bool, out: Path, limit_s: float) -> dict:
     return probe.run(quick, deadline=time.monotonic() + limit_s - 5, on_result=keep)
 
 
+def part_penalties(quick: bool, out: Path, limit_s: float) -> dict:
+    """The penalties suite with jsoftmax on the device (saga on the host, as on the CPU), the
+    cheapest rows first, written after each so that a cut-off run keeps what it measured."""
+    from ..suites import penalties as suite_penalties
+
+    def keep(payload: dict) -> None:
+        (out / "part-penalties.json").write_text(json.dumps(payload, indent=1, default=float))
+
+    return suite_penalties.run(quick=quick, deadline=time.monotonic() + limit_s - 5, on_result=keep)
+
+
 def part_torch(quick: bool) -> dict:
     from . import torch_child as gpu_torch
 
@@ -363,6 +377,8 @@ def child(part: str, quick: bool, out: Path, limit_s: float) -> None:
         payload = part_lmhead(quick, out)
     elif part == "probe":
         payload = part_probe(quick, out, limit_s)
+    elif part == "penalties":
+        payload = part_penalties(quick, out, limit_s)
     else:
         payload = {"fit": part_fit, "torch": part_torch,
                    "search": part_search}[part](quick)
@@ -418,7 +434,7 @@ def main(argv=None) -> int:
     payload = {"command": command.strip(), "machine": machine(), "quick": args.quick, "parts": {}}
     print(json.dumps(payload["machine"], indent=1), flush=True)
     shares = {"lmhead": 0.65, "torch": 0.2, "fit": 0.2, "search": 0.15, "sparse": 0.5, "probe": 0.6,
-              "tests": 0.45}  # the last part gets what is left
+              "penalties": 0.5, "tests": 0.45}  # the last part gets what is left
     deadline = time.monotonic() + args.budget_s
     log = open(args.out / "run.log", "a")
     for part in args.parts:
@@ -657,6 +673,10 @@ def summary_markdown(payload: dict) -> str:
         from . import probe
 
         out.append(probe.markdown(parts["probe"]))
+    if "penalties" in parts and "fits" in parts["penalties"]:
+        from ..suites import penalties as suite_penalties
+
+        out.append(suite_penalties.markdown(parts["penalties"]))
     if "tests" in parts:
         t = parts["tests"]
         out.append(f"## Test suite on the device\n\n`{t.get('command', '')}` with JAX_PLATFORMS="

@@ -2,7 +2,8 @@
 
 Thin on purpose: each shim is a subclass of jsoftmax's estimator that takes scikit-learn's
 parameters, translates the ones that mean the same thing (``C``, ``penalty=None`` as
-``C=np.inf``, the solvers that minimise the same L2 objective) for the duration of ``fit``, and
+``C=np.inf``, ``penalty`` and ``l1_ratio(s)`` as jsoftmax's ``l1_ratio(s)``, the solvers that
+minimise the same objective: saga as OWL-QN for an L1 part) for the duration of ``fit``, and
 lays ``LogisticRegressionCV``'s attributes out as scikit-learn 1.9 does (with or without the
 l1-ratio axis; legacy dicts or the new arrays). Everything a test observes — coefficients,
 predictions, warnings, errors, routing — is jsoftmax's own behaviour. Options jsoftmax does not

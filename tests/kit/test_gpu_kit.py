@@ -1,6 +1,7 @@
 """The GPU proof's pieces stay runnable on a CPU (CI has no GPU), and the precision rule holds."""
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -130,3 +131,23 @@ def test_probe_part_dry_run(tmp_path):
             assert row["sklearn"]["objective"] == pytest.approx(row["objective"], rel=1e-3)
     summary = (out / "summary.md").read_text()
     assert "## Linear probes" in summary and "### X in host memory" in summary
+
+
+def test_penalties_part_dry_run_and_what_ran_out_of_time(tmp_path):
+    # The penalties part at small sizes, through the driver (a child process, its rows written as
+    # they land), then a run past its deadline: nothing starts and the report names what was skipped.
+    from benchmarks.suites import penalties as suite_penalties
+
+    out = tmp_path / "gpu"
+    assert gpu.main(["--dry-run", "--out", str(out), "--parts", "penalties", "--budget-s", "240"]) == 0
+    part = json.loads((out / "results.json").read_text())["parts"]["penalties"]
+    assert part["returncode"] == 0 and not part["skipped"], part.get("error_tail")
+    assert [r["problem"] for r in part["fits"]] == ["wine", "small (sparse)"]
+    assert all(r["kkt"] <= 1e-8 and r["gap"] >= -1e-12 for r in part["fits"])
+    assert part["searches"][0]["problem"] == "wine" and part["path"]["n_strengths"] == 20
+    summary = (out / "summary.md").read_text()
+    assert "## L1 and elastic-net fits: jsoftmax (OWL-QN on cpu" in summary and "## The (l1_ratio × C × fold)" in summary
+    late = suite_penalties.run(quick=True, deadline=time.monotonic() - 1)
+    assert late["fits"] == [] and late["path"] is None
+    assert late["skipped"] == ["wine ρ=1 C=0.1", "search", "path", "small (sparse)"]
+    assert "Skipped (out of time): wine ρ=1 C=0.1, search, path, small (sparse)." in suite_penalties.markdown(late)
