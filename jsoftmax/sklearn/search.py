@@ -1,10 +1,10 @@
 """``SoftmaxRegressionCV``: an (l1_ratio ×) C × fold search fitted with :func:`jsoftmax.fit_many`.
 
 scikit-learn's ``LogisticRegressionCV`` interface. The folds are row weights over one X (no
-copy of X per fold) and are fitted together with every l1_ratio, one ``vmap``-ed solve per C
-(the same compiled program for each C); the Cs are taken in the given order, each (ratio, fold)
-model warm-started from its solution at the previous C — the path that makes scikit-learn's
-search cheap, kept here — so each solve needs few iterations.
+copy of X per fold) and are fitted together with every l1_ratio, one ``vmap``-ed solve per C;
+the Cs are taken in the given order, each (ratio, fold) model warm-started from its solution at
+the previous C — the path that makes scikit-learn's search cheap, kept here — so each solve
+needs few iterations. The whole grid is one compiled program (a ``scan`` along the Cs).
 """
 
 from __future__ import annotations
@@ -266,10 +266,8 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
         model_means = None if means is None else np.tile(means, (n_ratios, 1))
         model_scales = None if scales is None else np.tile(scales, (n_ratios, 1))
         with_l1 = bool(np.any(ratios > 0))
-        paths = np.zeros((n_folds, n_cs, n_ratios, d, k))
         biases = np.zeros((n_folds, n_cs, n_ratios, k))
         scores = np.zeros((n_folds, n_cs, n_ratios))
-        iterations = np.zeros((n_folds, n_cs, n_ratios), np.int32)
         # X stored in 16 bits is searched as stored, in float32 (its products' accumulation).
         half = is_half_precision(X)
         with enable_x64(self.dtype == "float64" and not half):
@@ -286,20 +284,21 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
                 X_device, labels, fold_weights = pad_rows(X_device, labels, fold_weights.T, X_device.dtype,
                                                           multiple=mesh.size)
                 fold_weights = np.ascontiguousarray(fold_weights.T)
-            for j, C in enumerate(grid):  # warm-started along the path, every (ratio, fold) in parallel
-                strengths = np.array([penalty_strengths(C, total, k, self.dtype, ratio)
-                                      for ratio in ratios for total in totals])  # (R·F, 2): λ, λ₁
-                result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
-                                  l2=np.asarray(strengths[:, 0], dtype),
-                                  l1=np.asarray(strengths[:, 1], dtype) if with_l1 else None,
-                                  solver=solver, tol=float(self.tol), max_iter=int(self.max_iter),
-                                  feature_means=model_means, feature_scales=model_scales,
-                                  mesh=mesh, data_axis=None if mesh is None else "data")
-                W, b = result.params.W, result.params.b
-                paths[:, j] = np.asarray(W, np.float64).reshape(n_ratios, n_folds, d, k).swapaxes(0, 1)
-                if b is not None:
-                    biases[:, j] = np.asarray(b, np.float64).reshape(n_ratios, n_folds, k).swapaxes(0, 1)
-                iterations[:, j] = np.asarray(result.n_iter).reshape(n_ratios, n_folds).T
+            # The whole grid in one program: a scan along the Cs (each warm-started from the
+            # previous C's fits) of one vmapped solve of every (ratio, fold) model.
+            strengths = np.array([[penalty_strengths(C, total, k, self.dtype, ratio)
+                                   for ratio in ratios for total in totals] for C in grid])  # (C, R·F, 2): λ, λ₁
+            result = fit_many(Params(W, b), X_device, labels, sample_weights=fold_weights,
+                              l2=np.asarray(strengths[..., 0], dtype),
+                              l1=np.asarray(strengths[..., 1], dtype) if with_l1 else None,
+                              solver=solver, tol=float(self.tol), max_iter=int(self.max_iter),
+                              feature_means=model_means, feature_scales=model_scales,
+                              mesh=mesh, data_axis=None if mesh is None else "data")
+            # (C, R·F, ...) → (F, C, R, ...)
+            paths = np.asarray(result.params.W, np.float64).reshape(n_cs, n_ratios, n_folds, d, k).transpose(2, 0, 1, 3, 4)
+            if self.fit_intercept:
+                biases = np.asarray(result.params.b, np.float64).reshape(n_cs, n_ratios, n_folds, k).transpose(2, 0, 1, 3)
+            iterations = np.asarray(result.n_iter, np.int32).reshape(n_cs, n_ratios, n_folds).transpose(2, 0, 1)
         for i, (_, test) in enumerate(folds):
             models = [self._fitted(C, paths[i, j, r], biases[i, j, r] if self.fit_intercept else None, classes, d,
                                    None if means is None else means[i], None if scales is None else scales[i],

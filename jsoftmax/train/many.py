@@ -1,5 +1,6 @@
 """``fit_many``: M models on one X — an L2 grid × row masks, e.g. a C × fold search — as one
-``vmap`` of a registry solver in one compiled program."""
+``vmap`` of a registry solver in one compiled program; given L rows of strengths, a ``scan`` of
+it along them, each row warm-started from the one before (a whole search path)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from .objective import Affine, Data, half_precision_start, in_dtype, inf_norm
 class ManyResult:
     """What :func:`fit_many` returns: everything with a leading axis of M models."""
 
-    params: Params | jax.Array  # W (M, D, K), b (M, K) or None
-    n_iter: np.ndarray  # (M,) iterations each model took
+    params: Params | jax.Array  # W (M, D, K), b (M, K) or None; (L, M, ...) along a path
+    n_iter: np.ndarray  # (M,) iterations each model took ((L, M) along a path)
     grad_norm: np.ndarray  # (M,) largest gradient entry at each model's result
     converged: np.ndarray  # (M,) grad_norm <= tol
     value: np.ndarray  # (M,) each model's risk (its own weights and l2)
@@ -45,7 +46,15 @@ def _fit_many_jit(params, X, labels, weights, l2s, l1s, smoothing, means, inv_sc
                        segment_statics=segment_statics)
 
     axes = (0, 0, 0, 0, None if means is None else 0, None if inv_scales is None else 0)
-    return jax.vmap(one, in_axes=axes)(params, weights, l2s, l1s, means, inv_scales)
+    models = jax.vmap(one, in_axes=axes)
+    if l2s.ndim == 1:
+        return models(params, weights, l2s, l1s, means, inv_scales)
+
+    def along(start, strengths):  # one row of the path, warm-started from the previous row's fits
+        out = models(start, weights, *strengths, means, inv_scales)
+        return out[0], out
+
+    return jax.lax.scan(along, params, (l2s, l1s))[1]
 
 
 def fit_many(
@@ -80,9 +89,12 @@ def fit_many(
       X, labels, label_smoothing, ignore_index: shared by all models, as in :func:`risk`.
       sample_weights: (M, N) non-negative row weights per model (0 leaves a row out; a model
         whose rows all weigh 0 has the penalty alone for objective).
-      l2: (M,) L2 strength per model.
-      l1: (M,) L1 strength per model (optional; the elastic net with ``l2``), as in :func:`fit`:
-        then ``grad_norm`` is each model's KKT violation.
+      l2: (M,) L2 strength per model; or (L, M), a path: row l's models start from row
+        l − 1's solutions (row 0 from ``params``), all L rows in the same program, and every
+        result gains a leading axis of L (e.g. the Cs of a search, each warm-started from the
+        previous C, as :class:`jsoftmax.SoftmaxRegressionCV` fits them).
+      l1: L1 strengths of ``l2``'s shape (optional; the elastic net with ``l2``), as in
+        :func:`fit`: then ``grad_norm`` is each model's KKT violation.
       solver: a full-batch solver ("lbfgs", "newton-cg", "owlqn"); default "lbfgs", or
         "owlqn" when some ``l1`` is positive. tol, max_iter: per model, as in :func:`fit`.
       feature_means, feature_scales: (M, D) each, optional: per-model standardisation folded
@@ -103,16 +115,17 @@ def fit_many(
     l2 = _validate.as_array(l2, "l2")
     if sample_weights.ndim != 2 or sample_weights.shape[0] != m:
         raise ValueError(f"`sample_weights` must be (M, N) with M = {m} models; got shape {sample_weights.shape}.")
-    if l2.shape != (m,):
-        raise ValueError(f"`l2` must have shape (M,) = ({m},); got {l2.shape}.")
+    if l2.ndim not in (1, 2) or l2.shape[-1] != m or l2.shape[0] == 0:
+        raise ValueError(f"`l2` must have shape (M,) = ({m},), or (L, M) = (L, {m}) for a path; got {l2.shape}.")
     weights_np, l2_np = np.asarray(sample_weights, np.float64), np.asarray(l2, np.float64)
     if not np.all(np.isfinite(l2_np)) or np.any(l2_np < 0):
         raise ValueError(f"`l2` must be finite and non-negative; got {l2_np.tolist()[:10]}.")
     if not np.all(np.isfinite(weights_np)) or np.any(weights_np < 0):
         raise ValueError("`sample_weights` must be finite and non-negative.")
-    l1 = np.zeros(m) if l1 is None else np.asarray(_validate.as_array(l1, "l1"), np.float64)
-    if l1.shape != (m,) or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
-        raise ValueError(f"`l1` must be (M,) = ({m},) finite and non-negative; got {l1.tolist()[:10]}.")
+    l1 = np.zeros(l2.shape) if l1 is None else np.asarray(_validate.as_array(l1, "l1"), np.float64)
+    if l1.shape != l2.shape or not np.all(np.isfinite(l1)) or np.any(l1 < 0):
+        raise ValueError(f"`l1` must have `l2`'s shape {tuple(l2.shape)}, finite and non-negative; "
+                         f"got shape {l1.shape}.")
     capable = registry.with_l1()
     chosen = registry.get(solver or (capable[0] if np.any(l1 > 0) else registry.DEFAULT))
     if np.any(l1 > 0) and not chosen.l1:

@@ -61,8 +61,33 @@ def test_fit_many_equals_one_fit_per_model(x64, solver):
         np.testing.assert_allclose(many.value[j], jsoftmax.risk(one.params, X, y, sample_weight=weights[j], l2=l2[j]))
 
 
+@pytest.mark.parametrize("l1", [None, 0.02])
+def test_fit_many_along_a_path_is_the_warm_started_sequence_in_one_program(x64, l1):
+    from jsoftmax.train import many
+
+    W, b, X, y = make_problem(150, 4, 3, seed=7, bias=True)
+    weights = (np.random.default_rng(2).random((4, 150)) > 0.3).astype(float)
+    l2 = np.outer([1.0, 0.1, 0.01], np.ones(4))  # (L, M): three rows of strengths
+    l1s = None if l1 is None else np.full((3, 4), l1)
+    start = jsoftmax.Params(jnp.zeros((4, 4, 3)), jnp.zeros((4, 3)))
+    path = jsoftmax.fit_many(start, X, y, sample_weights=weights, l2=l2, l1=l1s, tol=1e-10, max_iter=2000)
+    assert path.params.W.shape == (3, 4, 4, 3) and path.n_iter.shape == (3, 4) and path.converged.all()
+    compiled = many._fit_many_jit._cache_size()
+    again = jsoftmax.fit_many(start, X, y, sample_weights=weights, l2=l2 * 2, l1=l1s, tol=1e-10, max_iter=2000)
+    assert many._fit_many_jit._cache_size() == compiled and again.converged.all()  # new values: no new program
+    params = start
+    for row in range(3):  # the same as one call per row, each from the previous row's fits
+        step = jsoftmax.fit_many(params, X, y, sample_weights=weights, l2=l2[row],
+                                 l1=None if l1s is None else l1s[row], tol=1e-10, max_iter=2000)
+        np.testing.assert_allclose(path.params.W[row], step.params.W, atol=1e-9)
+        np.testing.assert_array_equal(path.n_iter[row], step.n_iter)
+        params = step.params
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(sample_weights=np.ones((3, 20)), l2=np.ones(2)), r"`l2` must have shape \(M,\) = \(3,\)"),
+    (dict(sample_weights=np.ones((3, 20)), l2=np.ones((2, 2))), r"or \(L, M\) = \(L, 3\) for a path; got \(2, 2\)"),
+    (dict(sample_weights=np.ones((3, 20)), l2=np.ones((2, 3)), l1=np.ones(3)), r"`l1` must have `l2`'s shape \(2, 3\)"),
     (dict(sample_weights=np.ones((3, 19)), l2=np.ones(3)), "`sample_weight` must have shape"),
     (dict(sample_weights=np.ones((3, 20)), l2=-np.ones(3)), "`l2` must be finite and non-negative"),
     (dict(sample_weights=-np.ones((3, 20)), l2=np.ones(3)), "`sample_weights` must be finite and non-negative"),
@@ -218,12 +243,16 @@ def test_l1_ratio_choice_follows_logistic_regression_cv(refit):
         np.testing.assert_allclose(search.coef_, paths[:, np.arange(3), j, r, :-1].mean(axis=1), atol=1e-12)
 
 
-def test_l1_ratios_search_is_one_program_for_every_c():
+def test_l1_ratios_search_is_one_program_run_once(monkeypatch):
+    from jsoftmax.sklearn import search as search_module
     from jsoftmax.train import many
 
+    calls = []
+    monkeypatch.setattr(search_module, "fit_many", lambda *a, **kw: calls.append(kw["l2"].shape) or many.fit_many(*a, **kw))
     X, y = _l1_problem(3)
     search = SoftmaxRegressionCV(Cs=[0.01, 0.1, 1.0], l1_ratios=[0.2, 1.0], cv=3)
     search.fit(X, y)
+    assert calls == [(3, 6)]  # the whole grid in one call: (Cs, ratios × folds)
     before = many._fit_many_jit._cache_size()
     search.set_params(Cs=[0.02, 0.3, 3.0], l1_ratios=[0.7, 0.9]).fit(X[::-1], y[::-1])  # new values, same shapes
     assert many._fit_many_jit._cache_size() == before

@@ -101,7 +101,6 @@ def test_lbfgs_by_name_compiles_once(x64):
     assert counter.count == 0
 
 
-@pytest.mark.parametrize("bias", [True, False])
 def _two_loop(pairs, g):
     """−H·g by the textbook two-loop recursion (Nocedal & Wright, Alg. 7.4), in NumPy."""
     q, alphas = g.copy(), []
@@ -140,6 +139,7 @@ def test_lbfgs_direction_is_the_textbook_two_loop_recursion(x64, n_pairs):
     np.testing.assert_allclose(lbfgs._direction(state, jnp.asarray(g)), _two_loop(kept, g), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias", [True, False])
 def test_lean_lbfgs_reaches_optax_lbfgs_minimum(x64, bias):
     W, b, X, y = make_problem(250, 7, 5, seed=8, bias=True)
     start = jsoftmax.Params(jnp.zeros_like(W), jnp.zeros_like(b) if bias else None)
