@@ -157,6 +157,20 @@ def training_weights(class_weight, sample_weight, X, y, classes, y_ids) -> tuple
     return scaled, float(np.sum(scaled)) * peak
 
 
+def l1_solver(solver: Any, penalty: str) -> str:
+    """The full-batch solver that fits an L1 penalty for the ``solver`` option: ``"auto"`` is the
+    registry's first solver that minimises one; any other that cannot (an optax transformation
+    included) is refused, naming ``penalty`` (e.g. ``"l1_ratio=0.5"``) and the ones that can."""
+    capable = registry.with_l1()
+    if isinstance(solver, str) and solver == "auto":
+        return capable[0]
+    if not (isinstance(solver, str) and solver in capable):
+        name = solver if isinstance(solver, str) else "an optax transformation"
+        raise ValueError(f"solver={name!r} cannot fit {penalty} (an L1 penalty); "
+                         f"use solver='auto' or one of {', '.join(map(repr, capable))}.")
+    return solver
+
+
 def penalty_strength(C: float, total: float, n_classes: int, dtype: str) -> float:
     """The scaled form's L2 strength λ = 1/(C·Σs) (doubled for the binomial model, fitted as
     the symmetric softmax) of scikit-learn's objective C·Σ sₙℓₙ + ½‖W‖²; 0 for C = inf.

@@ -29,11 +29,11 @@ from .._compat import enable_x64
 from .._penalty import duality_gap
 from .._types import Params
 from ..io import model_files
-from ..train import fit, registry
+from ..train import fit
 from . import constraints
 from .common import (FULL_BATCH_SOLVERS, L1_RATIO, SHARED_CONSTRAINTS, SOLVERS, SoftmaxClassifier, as_dtype, choose_solver,
                      coefficient_dtype, column_moments, device_mesh, fit_data, half_precision_data, input_dtypes,
-                     is_half_precision, make_optimizer, pad_rows, penalty_strengths, training_weights,
+                     is_half_precision, l1_solver, make_optimizer, pad_rows, penalty_strengths, training_weights,
                      warn_not_converged)
 
 
@@ -166,16 +166,10 @@ class SoftmaxRegression(SoftmaxClassifier):
     def _optimizer(self, n: int, d: int, k: int, sparse: bool = False, mesh=None, l1: bool = False) -> dict[str, Any]:
         """``fit``'s solver keywords: ``solver=`` a built-in name or ``optimizer=`` optax's."""
         if l1:  # an L1 penalty: only the solvers that minimise one
-            capable = registry.with_l1()
-            if self.solver == "auto":
-                return {"solver": capable[0]}
-            if self.solver not in capable:
-                name = self.solver if isinstance(self.solver, str) else "an optax transformation"
-                raise ValueError(f"solver={name!r} cannot fit l1_ratio={self.l1_ratio} (an L1 penalty); "
-                                 f"use solver='auto' or one of {', '.join(map(repr, capable))}.")
-            if self.batch_size is not None:
+            solver = l1_solver(self.solver, f"l1_ratio={self.l1_ratio}")
+            if self.batch_size is not None and self.solver != "auto":
                 raise ValueError(f"solver={self.solver!r} is full-batch: set batch_size=None.")
-            return {"solver": self.solver}
+            return {"solver": solver}
         if isinstance(self.solver, str):
             solver = (choose_solver(n, d, k, self.batch_size, sparse, sharded=mesh is not None)
                       if self.solver == "auto" else self.solver)

@@ -25,10 +25,10 @@ from sklearn.utils.validation import _check_method_params, check_is_fitted
 from .._compat import enable_x64
 from .._types import Params
 from ..io.model_files import public_coefficients
-from ..train import fit_many, registry
+from ..train import fit_many
 from . import constraints
 from .common import (FULL_BATCH_SOLVERS, SHARED_CONSTRAINTS, SoftmaxClassifier, as_dtype, coefficient_dtype,
-                     column_moments, device_mesh, fit_data, is_half_precision, pad_rows, penalty_strengths,
+                     column_moments, device_mesh, fit_data, is_half_precision, l1_solver, pad_rows, penalty_strengths,
                      training_weights)
 from .estimator import SoftmaxRegression
 
@@ -178,14 +178,9 @@ class SoftmaxRegressionCV(SoftmaxClassifier):
 
     def _solver(self, ratios: np.ndarray) -> str:
         """The solver of the folds' fits: "auto" is L-BFGS for L2 alone, OWL-QN with an L1 part."""
-        l1 = bool(np.any(ratios > 0))
-        capable = registry.with_l1()
-        if self.solver == "auto":
-            return capable[0] if l1 else "lbfgs"
-        if l1 and self.solver not in capable:
-            raise ValueError(f"solver={self.solver!r} cannot fit l1_ratios={ratios.tolist()} (an L1 penalty); "
-                             f"use solver='auto' or one of {', '.join(map(repr, capable))}.")
-        return self.solver
+        if np.any(ratios > 0):
+            return l1_solver(self.solver, f"l1_ratios={ratios.tolist()}")
+        return "lbfgs" if self.solver == "auto" else self.solver
 
     def _folds(self, X, y, split_params: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         cv = 5 if self.cv is None else self.cv
