@@ -76,13 +76,15 @@ def duality_gap(W, b, X, targets, weights, l1: float, l2: float, *, mean=None, s
 
     products = transposed(np.hstack([w[:, None] * (P - T), w[:, None] * T, w[:, None]]))
     G, XwT, xw = products[:, :k], products[:, k:2 * k], products[:, 2 * k]
-    shift = 0.0
     if b is not None:  # Σₙ wₙ(p′ₙ − tₙ) = 0: p̄′ = t̄, by moving the mean p̄ toward t̄ through v
         p_mean, t_mean = w @ P, w @ T
+        excess = p_mean - t_mean  # ∇_b f, summing to 0 over the classes
         with np.errstate(divide="ignore", invalid="ignore"):
-            shift = float(np.max(np.where(p_mean > t_mean, 1.0 - t_mean / p_mean, 0.0), initial=0.0))
-        if shift > 0:
-            v = np.maximum((t_mean - (1.0 - shift) * p_mean) / shift, 0.0)
+            shift = float(np.max(np.where(p_mean > 0, excess / p_mean, 0.0), initial=0.0))
+        # v = p̄ − excess/s ≥ 0 sums to 1; at a rounding-level s (∇_b f ≈ 0 already) the
+        # quotient is noise and the constraint holds to rounding without the mix.
+        v = np.maximum(p_mean - excess / shift, 0.0) if shift > 64 * np.finfo(np.float64).eps else None
+        if v is not None and v.sum() > 0:
             v = v / v.sum()
             P = (1.0 - shift) * P + shift * v
             G = (1.0 - shift) * G + shift * (np.outer(xw, v) - XwT)

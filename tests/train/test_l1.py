@@ -145,6 +145,21 @@ def test_duality_gap_bounds_the_distance_to_the_minimum(x64, l1, l2):
     assert 0 <= duality_gap(bare, None, X, np.eye(3)[y], weights, l1, l2) <= 1e-8
 
 
+def test_duality_gap_where_the_intercept_is_already_optimal_to_rounding():
+    # Balanced classes, and a penalty that keeps the fit at W = 0, b = 0 (no iteration): ∇_b f is
+    # rounding noise, whose quotient once made the intercept's repair 0/0 — a NaN gap and a
+    # RuntimeWarning (found by scikit-learn's test_elastic_net_vs_l1_l2 through the shims)
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(500, random_state=0)
+    rows = np.concatenate([np.flatnonzero(y == 0)[:150], np.flatnonzero(y == 1)[:150]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = jsoftmax.SoftmaxRegression(C=0.001, l1_ratio=0.25, tol=1e-2).fit(X[rows], y[rows])
+    assert np.all(model.coef_ == 0) and model.intercept_[0] == 0
+    assert 0 <= model.optimality_["duality_gap"] <= 1e-12  # W = 0, b = 0 is the minimum here
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_estimator_reports_the_duality_gap_of_its_own_problem(sparse):
     # standardised (sparse: scaled only), binary and multinomial: the gap of the problem solved
